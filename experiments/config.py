@@ -1,0 +1,169 @@
+"""The training configuration: one flat, typed record, validated before anything runs.
+
+Presets (`experiments/configs/`) build a `Config`; command-line flags override single fields; `validate` rejects
+unknown values and inconsistent combinations with a message naming the field.
+"""
+import dataclasses
+from typing import Optional, Tuple
+
+DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k")
+LOSSES = ("ce", "focal", "ldam", "mm", "mm_ldam", "smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced")
+TRAIN_RULES = ("none", "reweight", "drw", "resample")
+MODELS = ("cnn", "resnet32", "resnet18", "resnet50")
+MODEL_SELECTIONS = ("auto", "val_macro_topk", "best_test_epoch", "last_epoch")
+
+# Which losses read which hyperparameter: setting one for a loss that ignores it is an error, not a silent no-op.
+LOSS_HYPERPARAMETERS = {
+    "k": ("smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced"),
+    "epsilon": ("noised_balanced", "noised_imbalanced"),
+    "num_samples": ("noised_balanced", "noised_imbalanced"),
+    "max_margin": ("ldam", "mm_ldam", "noised_imbalanced"),
+    "scale": ("ldam", "mm", "mm_ldam", "noised_imbalanced"),
+    "gamma": ("focal",),
+    "tau": ("smooth_svm",),
+    "svm_alpha": ("smooth_svm",),
+    "mm_delta_minus": ("mm", "mm_ldam"),
+    "mm_beta": ("mm", "mm_ldam"),
+    "mm_reference_code_compat": ("mm", "mm_ldam"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Every setting of a training run. Field names are the flag names of `experiments.train`."""
+  # Data.
+  dataset: str = "fashion_mnist_lt"
+  data_dir: Optional[str] = None
+  imbalance_profile: str = "exp"
+  imbalance_ratio: float = 100.0
+  subset_seed: int = 0
+  validation_per_class: Optional[int] = None  # None: the dataset's default.
+  image_size: Optional[int] = None  # Pl@ntNet crop size (224); smaller in tests.
+  augment: bool = True
+  tfds_download: bool = False
+  # Loss.
+  loss: str = "noised_imbalanced"
+  k: int = 2
+  epsilon: float = 0.01
+  num_samples: int = 5
+  max_margin: float = 0.2
+  scale: float = 60.0
+  gamma: float = 2.0
+  tau: float = 0.1
+  svm_alpha: float = 1.0
+  mm_delta_minus: float = 0.5
+  mm_beta: float = 10.0
+  mm_reference_code_compat: bool = False
+  train_rule: str = "none"
+  cb_beta: float = 0.9999
+  drw_start_epoch: int = 160
+  # Model.
+  model: str = "cnn"
+  normalized_head: bool = True
+  pretrained_weights: Optional[str] = None
+  half_precision: bool = False
+  # Optimizer and schedule (SGD with momentum, coupled weight decay, linear warm-up, step decay).
+  epochs: int = 12
+  batch_size: int = 128
+  eval_batch_size: int = 500
+  learning_rate: float = 0.05
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 5e-4
+  warmup_epochs: int = 1
+  lr_decay_epochs: Tuple[int, ...] = (8, 11)
+  lr_decay_factor: float = 0.1
+  # Evaluation, model selection, bookkeeping.
+  eval_ks: Tuple[int, ...] = (1, 2, 3)
+  selection_k: Optional[int] = None  # K of the validation macro top-K used for model selection; None: the loss's k.
+  model_selection: str = "auto"
+  eval_every_epochs: int = 1
+  checkpoint_every_epochs: int = 1
+  log_every_steps: int = 50
+  max_steps_per_epoch: Optional[int] = None  # Truncates epochs, for smoke tests only.
+  seed: int = 0
+  # Multi-host.
+  distributed: bool = False
+  coordinator_address: Optional[str] = None
+  num_processes: Optional[int] = None
+  process_id: Optional[int] = None
+
+  def replace(self, **changes):
+    unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+    if unknown:
+      raise ValueError(f"Unknown config fields: {sorted(unknown)}.")
+    return dataclasses.replace(self, **changes)
+
+  def to_dict(self):
+    return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+            for f in dataclasses.fields(self)}
+
+
+def _one_of(config, name, allowed):
+  value = getattr(config, name)
+  if value not in allowed:
+    raise ValueError(f"`{name}` must be one of {allowed}, got {value!r}.")
+
+
+def validate(config: Config, *, explicitly_set=()) -> Config:
+  """Checks values and combinations; `explicitly_set` names the fields the user set (flags or preset)."""
+  _one_of(config, "dataset", DATASETS)
+  _one_of(config, "loss", LOSSES)
+  _one_of(config, "train_rule", TRAIN_RULES)
+  _one_of(config, "model", MODELS)
+  _one_of(config, "model_selection", MODEL_SELECTIONS)
+  _one_of(config, "imbalance_profile", ("exp", "step"))
+  positive_ints = ("epochs", "batch_size", "eval_batch_size", "num_samples", "k", "eval_every_epochs",
+                   "checkpoint_every_epochs", "log_every_steps")
+  for name in positive_ints:
+    if int(getattr(config, name)) < 1:
+      raise ValueError(f"`{name}` must be >= 1, got {getattr(config, name)}.")
+  for name in ("warmup_epochs", "drw_start_epoch"):
+    if getattr(config, name) < 0:
+      raise ValueError(f"`{name}` must be >= 0, got {getattr(config, name)}.")
+  for name in ("learning_rate", "tau", "scale"):
+    if not getattr(config, name) > 0:
+      raise ValueError(f"`{name}` must be > 0, got {getattr(config, name)}.")
+  for name in ("epsilon", "gamma", "weight_decay", "momentum", "max_margin"):
+    if not getattr(config, name) >= 0:
+      raise ValueError(f"`{name}` must be >= 0, got {getattr(config, name)}.")
+  if config.imbalance_ratio < 1:
+    raise ValueError(f"`imbalance_ratio` must be >= 1, got {config.imbalance_ratio}.")
+  if not 0 <= config.cb_beta < 1:
+    raise ValueError(f"`cb_beta` must be in [0, 1), got {config.cb_beta}.")
+  if not 0 < config.lr_decay_factor <= 1:
+    raise ValueError(f"`lr_decay_factor` must be in (0, 1], got {config.lr_decay_factor}.")
+  if not config.eval_ks or any(int(k) < 1 for k in config.eval_ks):
+    raise ValueError(f"`eval_ks` must be a non-empty list of ints >= 1, got {config.eval_ks}.")
+  if list(config.lr_decay_epochs) != sorted(config.lr_decay_epochs):
+    raise ValueError(f"`lr_decay_epochs` must be increasing, got {config.lr_decay_epochs}.")
+  if config.selection_k is not None and config.selection_k not in config.eval_ks:
+    raise ValueError(f"`selection_k`={config.selection_k} must be one of `eval_ks` {config.eval_ks}.")
+  if config.train_rule == "drw" and config.drw_start_epoch >= config.epochs:
+    raise ValueError(f"`train_rule=drw` needs `drw_start_epoch` < `epochs`; got drw_start_epoch="
+                     f"{config.drw_start_epoch}, epochs={config.epochs} (re-weighting would never start).")
+  if "drw_start_epoch" in explicitly_set and config.train_rule != "drw":
+    raise ValueError(f"`drw_start_epoch` is only used with `train_rule=drw`, got train_rule={config.train_rule!r}.")
+  if "cb_beta" in explicitly_set and config.train_rule not in ("drw", "reweight"):
+    raise ValueError(f"`cb_beta` is only used with `train_rule` drw or reweight, got {config.train_rule!r}.")
+  for name, losses in LOSS_HYPERPARAMETERS.items():
+    if name in explicitly_set and config.loss not in losses:
+      raise ValueError(f"`{name}` is not used by `loss={config.loss}` (it is read by: {', '.join(losses)}). "
+                       "Remove it or pick a loss that uses it.")
+  if config.pretrained_weights and config.model not in ("resnet18", "resnet50"):
+    raise ValueError(f"`pretrained_weights` needs model resnet18 or resnet50, got {config.model!r}.")
+  if config.model_selection == "val_macro_topk" and config.dataset in ("cifar10_lt", "cifar100_lt"):
+    raise ValueError("`model_selection=val_macro_topk` needs a validation split; CIFAR-LT has none "
+                     "(its protocol reports the best test epoch: use best_test_epoch or last_epoch).")
+  if config.distributed and (config.num_processes is None) != (config.process_id is None):
+    raise ValueError("`num_processes` and `process_id` must be given together (or neither, for auto-detection).")
+  return config
+
+
+def selection_k(config: Config) -> int:
+  """K of the macro top-K used for model selection."""
+  if config.selection_k is not None:
+    return config.selection_k
+  if config.loss in LOSS_HYPERPARAMETERS["k"] and config.k in config.eval_ks:
+    return config.k
+  return max(config.eval_ks)

@@ -1,0 +1,563 @@
+"""Input pipelines of the training binaries: long-tailed Fashion-MNIST / CIFAR and Pl@ntNet-300K.
+
+`get_dataset(name, ...)` returns a `Dataset` whose `train_batches` / `eval_batches` yield NumPy dicts ready for
+`jax.device_put`. Everything random is a pure function of its seeds, so a resumed run sees exactly the batches the
+interrupted one would have seen:
+
+* the long-tailed training subset is a function of `subset_seed` (REFERENCE.md §4: one RNG, then per class in order
+  shuffle its indices and keep the first `n_c`);
+* an epoch (order, class-balanced resampling draws, augmentation) is a function of `(seed, epoch)` and of nothing
+  else, not even `process_count`: process `p` of `P` always receives columns `[p * b, (p + 1) * b)` of the same global
+  batch, with `b = batch_size // P`.
+
+Fashion-MNIST and CIFAR live in memory as uint8 and are augmented with vectorized NumPy; Pl@ntNet-300K is streamed
+from its JPEG folders with tf.data. TensorFlow and TFDS are imported only when a loader needs them.
+"""
+import dataclasses
+import gzip
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+import noised_topk_jax as ntk
+
+DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k")
+IMBALANCE_PROFILES = ntk.PROFILES
+
+# Where `apt-get install dataset-fashion-mnist` puts the IDX files (Debian/Ubuntu).
+FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                             "Bag", "Ankle boot")
+DEFAULT_VALIDATION_PER_CLASS = 500
+
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_PLANTNET_NAMES_FILE = "plantnet300K_species_id_2_name.json"
+
+_HOW_TO_GET = {
+    "fashion_mnist_lt": (
+        "Fashion-MNIST: on Debian/Ubuntu `apt-get install dataset-fashion-mnist` installs the four IDX files "
+        f"(train/t10k-images-idx3-ubyte.gz, train/t10k-labels-idx1-ubyte.gz) in {FASHION_MNIST_DEBIAN_DIR}, which "
+        "is used when no data_dir is given; or put those files (gzipped or not) in a folder and pass it as data_dir; "
+        "or prepare the TFDS dataset on a networked machine (`tfds build fashion_mnist --data_dir=DIR`), copy DIR "
+        "here and pass it as data_dir."),
+    "cifar10_lt": (
+        "CIFAR-10 is read through TFDS: on a networked machine run `tfds build cifar10 --data_dir=DIR` (or call "
+        "get_dataset(..., download=True) there), copy DIR here and pass it as data_dir."),
+    "cifar100_lt": (
+        "CIFAR-100 is read through TFDS: on a networked machine run `tfds build cifar100 --data_dir=DIR` (or call "
+        "get_dataset(..., download=True) there), copy DIR here and pass it as data_dir."),
+    "plantnet300k": (
+        "Pl@ntNet-300K: download plantnet_300K.zip from https://zenodo.org/record/5645731 (about 30 GB), unzip it "
+        "and pass the extracted folder as data_dir. Expected layout: data_dir/{train,val,test}/<class_id>/*.jpg "
+        "(the archive's data_dir/images/{train,val,test}/... is accepted too); the class order is the sorted list "
+        "of train folder names. It cannot be downloaded automatically (download=True has no effect)."),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """The dataset's files are not where the pipeline looked; the message says where it looked and how to get them."""
+
+  def __init__(self, name: str, looked_in: list[str], detail: str = ""):
+    message = f"Dataset {name!r} not found. Looked in: " + "; ".join(looked_in) + "."
+    if detail:
+      message += f" ({detail})"
+    message += " How to get it: " + _HOW_TO_GET[name]
+    super().__init__(message)
+    self.dataset_name = name
+    self.looked_in = tuple(looked_in)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sources: how the images of one split are produced from example indices.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class _ArraySource:
+  """A split held in memory as uint8, cropped/flipped and normalized per batch with vectorized NumPy.
+
+  The images are stored channel-first, zero-padded by `pad` pixels, and viewed (no copy) as every `H x W` window of
+  every image, so a random crop of a whole batch is a single gather. Normalizing channel-first and transposing the
+  float result once is much faster than working on the channel-last uint8 layout.
+  """
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, *, mean, std, pad: int = 0):
+    if images.dtype != np.uint8 or images.ndim != 4:
+      raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}.")
+    self.labels = labels
+    self.pad = pad
+    _, self._height, self._width, channels = images.shape
+    padded = np.pad(images.transpose(0, 3, 1, 2), ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    self._windows = sliding_window_view(padded, (self._height, self._width), axis=(2, 3))  # [N, C, dy, dx, H, W]
+    std = np.asarray(std, np.float32).reshape(channels, 1, 1)
+    self._scale = 1.0 / (255.0 * std)
+    self._bias = -np.asarray(mean, np.float32).reshape(channels, 1, 1) / std
+
+  def batches(self, index_rows: np.ndarray, random_rows: np.ndarray | None) -> Iterator[np.ndarray]:
+    """Yields float32 [b, H, W, C] per row of `index_rows`; `random_rows` [steps, b, 3] drives the augmentation."""
+    span = 2 * self.pad + 1
+    for step, indices in enumerate(index_rows):
+      if random_rows is None:
+        images = self._windows[indices, :, self.pad, self.pad]
+      else:
+        bits = random_rows[step]
+        images = self._windows[indices, :, bits[:, 0] % span, bits[:, 1] % span]  # a fresh [b, C, H, W] array
+        flips = bits[:, 2] % 2 == 1
+        images[flips] = images[flips, :, :, ::-1]
+      normalized = np.multiply(images, self._scale, dtype=np.float32)
+      normalized += self._bias
+      yield np.ascontiguousarray(normalized.transpose(0, 2, 3, 1))
+
+
+class _FileSource:
+  """A split streamed from image files with tf.data: read, decode, resize, crop and normalize in parallel.
+
+  Resizing follows torchvision's `Resize(resize_size)`: the shorter side becomes `resize_size`, the longer one
+  `int(resize_size * long / short)`. Training crops are `tf.image.stateless_random_crop` seeded per example from the
+  host-side random draws, so they do not depend on tf.data's scheduling.
+  """
+
+  def __init__(self, paths: np.ndarray, labels: np.ndarray, *, image_size: int, resize_size: int, mean, std):
+    self.labels = labels
+    self._paths = paths
+    self._paths_tensor = None
+    self._image_size = image_size
+    self._resize_size = resize_size
+    self._mean = np.asarray(mean, np.float32) * 255.0
+    self._std = np.asarray(std, np.float32) * 255.0
+
+  def _load_and_transform(self, path, random_bits, augment: bool):
+    tf = _import_tensorflow()
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    short, long = tf.minimum(height, width), tf.maximum(height, width)
+    new_long = tf.cast(tf.math.floordiv(tf.cast(self._resize_size, tf.int64) * tf.cast(long, tf.int64),
+                                        tf.cast(short, tf.int64)), tf.int32)
+    new_height = tf.where(height <= width, self._resize_size, new_long)
+    new_width = tf.where(height <= width, new_long, self._resize_size)
+    image = tf.image.resize(image, tf.stack([new_height, new_width]), method="bilinear", antialias=True)
+    size = self._image_size
+    if augment:
+      image = tf.image.stateless_random_crop(image, [size, size, 3], seed=random_bits[:2])
+    else:
+      top = tf.cast(tf.round(tf.cast(new_height - size, tf.float32) / 2.0), tf.int32)
+      left = tf.cast(tf.round(tf.cast(new_width - size, tf.float32) / 2.0), tf.int32)
+      image = image[top:top + size, left:left + size]
+    image = (image - self._mean) / self._std
+    image.set_shape([size, size, 3])
+    return image
+
+  def batches(self, index_rows: np.ndarray, random_rows: np.ndarray | None) -> Iterator[np.ndarray]:
+    tf = _import_tensorflow()
+    if self._paths_tensor is None:
+      self._paths_tensor = tf.constant(self._paths)
+    steps, batch = index_rows.shape
+    augment = random_rows is not None
+    if not augment:
+      random_rows = np.zeros((steps, batch, 3), np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((index_rows.reshape(-1).astype(np.int64),
+                                                  random_rows.reshape(-1, 3).astype(np.int64)))
+    dataset = dataset.map(
+        lambda index, bits: self._load_and_transform(tf.gather(self._paths_tensor, index), bits, augment),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    yield from dataset.as_numpy_iterator()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dataset
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _check_int(value, name: str, *, minimum: int, maximum: int | None = None) -> int:
+  """`value` as a Python int, or a ValueError naming the parameter `name` and its allowed range."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or (
+      maximum is not None and value > maximum):
+    allowed = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+    raise ValueError(f"`{name}` must be an int {allowed}, got {value!r}.")
+  return int(value)
+
+
+def _check_sharding(batch_size: int, process_index: int, process_count: int) -> int:
+  """Validates the sharding arguments; returns the per-process batch size."""
+  _check_int(batch_size, "batch_size", minimum=1)
+  _check_int(process_count, "process_count", minimum=1)
+  _check_int(process_index, "process_index", minimum=0, maximum=process_count - 1)
+  if batch_size % process_count:
+    raise ValueError(f"`batch_size`={batch_size} (global) must be divisible by `process_count`={process_count}.")
+  return batch_size // process_count
+
+
+@dataclasses.dataclass(eq=False)
+class Dataset:
+  """One dataset ready for training: a training split, evaluation splits and their batch iterators.
+
+  `batch_size` is always the GLOBAL batch size; a process receives `batch_size // process_count` examples per batch.
+  """
+  name: str
+  num_classes: int
+  class_names: list[str]
+  image_shape: tuple[int, int, int]
+  train_class_counts: np.ndarray
+  eval_splits: tuple[str, ...]
+  has_validation: bool
+  num_train_examples: int
+  _train: _ArraySource | _FileSource = dataclasses.field(repr=False)
+  _evals: dict[str, _ArraySource | _FileSource] = dataclasses.field(repr=False)
+
+  def steps_per_epoch(self, batch_size: int) -> int:
+    """`num_train_examples // batch_size`: the last incomplete batch of an epoch is dropped."""
+    _check_int(batch_size, "batch_size", minimum=1)
+    if batch_size > self.num_train_examples:
+      raise ValueError(f"`batch_size`={batch_size} exceeds the {self.num_train_examples} training examples of "
+                       f"{self.name}: an epoch would have no full batch.")
+    return self.num_train_examples // batch_size
+
+  def epoch_indices(self, *, epoch: int, seed: int, resample: bool = False) -> np.ndarray:
+    """The training-example indices of one epoch, in order: a permutation, or class-balanced draws.
+
+    With `resample`, `num_train_examples` indices are drawn with replacement, example `i` with probability
+    proportional to `1 / n_{y_i}`, so that every class present in the training split is equally likely.
+    """
+    seed, epoch = _check_int(seed, "seed", minimum=0), _check_int(epoch, "epoch", minimum=0)
+    rng = np.random.default_rng([seed, epoch, 0])
+    n = self.num_train_examples
+    if not resample:
+      return rng.permutation(n)
+    counts = self.train_class_counts[self._train.labels]
+    weights = 1.0 / counts
+    return rng.choice(n, size=n, replace=True, p=weights / weights.sum())
+
+  def train_batches(self, *, epoch: int, batch_size: int, seed: int, resample: bool = False, augment: bool = True,
+                    process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+    """One epoch of `{"image": float32 [b, H, W, C], "label": int32 [b]}`, `b = batch_size // process_count`.
+
+    A deterministic function of `(seed, epoch, resample, augment)`: process `process_index` gets columns
+    `[process_index * b, (process_index + 1) * b)` of the global batches, so the processes' shards are disjoint and
+    concatenate (in process order) to the batches a single process would see. Every process yields exactly
+    `steps_per_epoch(batch_size)` batches.
+    """
+    local = _check_sharding(batch_size, process_index, process_count)
+    steps = self.steps_per_epoch(batch_size)
+    order = self.epoch_indices(epoch=epoch, seed=seed, resample=resample)
+    columns = slice(process_index * local, (process_index + 1) * local)
+    index_rows = order[:steps * batch_size].reshape(steps, batch_size)[:, columns]
+    random_rows = None
+    if augment:
+      augment_rng = np.random.default_rng([int(seed), int(epoch), 1])
+      random_rows = augment_rng.integers(0, 2**31 - 1, size=(steps, batch_size, 3))[:, columns]
+    return self._iterate(self._train, index_rows, random_rows, masks=None)
+
+  def eval_batches(self, split: str, *, batch_size: int, process_index: int = 0,
+                   process_count: int = 1) -> Iterator[dict]:
+    """The whole split in order, as `{"image", "label", "mask"}` batches of `batch_size // process_count`.
+
+    Global batch `j` holds examples `[j * batch_size, (j + 1) * batch_size)`, process `p` its columns
+    `[p * b, (p + 1) * b)`; the last global batch is padded (with copies of the last example, `mask` 0), so every
+    process yields `ceil(num_eval_examples / batch_size)` batches and each example has `mask` 1 exactly once.
+    """
+    source = self._eval_source(split)
+    local = _check_sharding(batch_size, process_index, process_count)
+    n = len(source.labels)
+    num_batches = -(-n // batch_size)
+    positions = np.arange(num_batches * batch_size).reshape(num_batches, batch_size)
+    positions = positions[:, process_index * local:(process_index + 1) * local]
+    masks = (positions < n).astype(np.float32)
+    return self._iterate(source, np.minimum(positions, n - 1), None, masks=masks)
+
+  def num_eval_examples(self, split: str) -> int:
+    return len(self._eval_source(split).labels)
+
+  def _eval_source(self, split: str):
+    if split not in self._evals:
+      raise ValueError(f"`split` must be one of {self.eval_splits} for {self.name}, got {split!r}.")
+    return self._evals[split]
+
+  @staticmethod
+  def _iterate(source, index_rows, random_rows, masks) -> Iterator[dict]:
+    for step, images in enumerate(source.batches(index_rows, random_rows)):
+      batch = {"image": images, "label": source.labels[index_rows[step]]}
+      if masks is not None:
+        batch["mask"] = masks[step]
+      yield batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# get_dataset
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: str = "exp",
+                imbalance_ratio: float = 100.0, subset_seed: int = 0, validation_per_class: int | None = None,
+                image_size: int | None = None, download: bool = False) -> Dataset:
+  """Loads one of `DATASETS`.
+
+  `*_lt` datasets: the training split is the long-tailed subset of REFERENCE.md §4 with
+  `ntk.long_tailed_counts(L, max_count=max_count, imbalance_ratio=imbalance_ratio, profile=imbalance_profile)`, where
+  `max_count` is derived from the data: the smallest per-class count of the full training split, minus
+  `validation_per_class` (Fashion-MNIST only). For the real datasets that is the protocol's value: 5000 (CIFAR-10),
+  500 (CIFAR-100), 6000 (Fashion-MNIST with `validation_per_class=0`); with Fashion-MNIST's default balanced
+  validation split of 500 per class it is 5500, because the head class of the long tail would otherwise leave no
+  image for validation. The test split is the full balanced test set.
+
+  Args:
+    name: one of `DATASETS`.
+    data_dir: where the data is (IDX folder or TFDS data_dir for Fashion-MNIST, TFDS data_dir for CIFAR, the
+      extracted archive for Pl@ntNet-300K). Fashion-MNIST falls back to `FASHION_MNIST_DEBIAN_DIR`, then to TFDS.
+    imbalance_profile: `"exp"` or `"step"` (ignored by plantnet300k, which is naturally long-tailed).
+    imbalance_ratio: rho = n_max / n_min >= 1 (ignored by plantnet300k).
+    subset_seed: seed of the long-tailed subset and of the validation split.
+    validation_per_class: Fashion-MNIST only: size per class of the balanced validation split carved from the
+      training images the long-tailed subset does not use (default 500; 0 for none). CIFAR-LT has no validation
+      split (the test set doubles as validation, as in the protocol) and Pl@ntNet-300K uses its official one.
+    image_size: Pl@ntNet-300K only: crop size (default 224); images are first resized so that their shorter side is
+      `round(image_size * 256 / 224)`.
+    download: let TFDS download the data (needs network; Fashion-MNIST fallback and CIFAR).
+
+  Returns:
+    A `Dataset`.
+
+  Raises:
+    DatasetNotFoundError: the data is not where it was looked for.
+    ValueError: an invalid argument (the message names it) or labels outside `[0, num_classes)`.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"`name` must be one of {DATASETS}, got {name!r}.")
+  if imbalance_profile not in IMBALANCE_PROFILES:
+    raise ValueError(f"`imbalance_profile` must be one of {IMBALANCE_PROFILES}, got {imbalance_profile!r}.")
+  if isinstance(imbalance_ratio, bool) or not isinstance(imbalance_ratio, (int, float, np.integer, np.floating)) \
+      or not np.isfinite(imbalance_ratio) or imbalance_ratio < 1:
+    raise ValueError(f"`imbalance_ratio` must be a finite number >= 1, got {imbalance_ratio!r}.")
+  _check_int(subset_seed, "subset_seed", minimum=0)
+  if validation_per_class is not None:
+    _check_int(validation_per_class, "validation_per_class", minimum=0)
+    if name != "fashion_mnist_lt" and validation_per_class:
+      raise ValueError(f"`validation_per_class` is only supported by fashion_mnist_lt (got {validation_per_class} "
+                       f"for {name}): CIFAR-LT has no validation split and plantnet300k uses its official one.")
+  if image_size is not None:
+    _check_int(image_size, "image_size", minimum=1)
+    native = {"fashion_mnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32}.get(name)
+    if native is not None and image_size != native:
+      raise ValueError(f"`image_size` must be None or {native} for {name}, got {image_size}.")
+
+  if name == "plantnet300k":
+    return _plantnet(data_dir, image_size=224 if image_size is None else int(image_size))
+  long_tail = dict(profile=imbalance_profile, ratio=float(imbalance_ratio), seed=int(subset_seed))
+  if name == "fashion_mnist_lt":
+    per_class = DEFAULT_VALIDATION_PER_CLASS if validation_per_class is None else int(validation_per_class)
+    return _fashion_mnist(data_dir, download, long_tail, validation_per_class=per_class)
+  return _cifar(name, data_dir, download, long_tail)
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found {bad.size} outside, e.g. {bad[:5]}.")
+  return labels.astype(np.int32)
+
+
+def _long_tailed_split(labels: np.ndarray, num_classes: int, *, profile: str, ratio: float, seed: int,
+                       validation_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
+  """Indices of the long-tailed training subset and of a balanced validation split disjoint from it.
+
+  REFERENCE.md §4: one `RandomState(seed)`; for each class in order, shuffle its indices and keep the first `n_c`.
+  The validation split takes the last `validation_per_class` of the same shuffled indices, so it never overlaps
+  the training subset and the subset is the same as without validation for a given `max_count`.
+  """
+  available = np.bincount(labels, minlength=num_classes)
+  max_count = int(available.min()) - validation_per_class
+  if max_count < 1:
+    raise ValueError(f"`validation_per_class`={validation_per_class} leaves no training image in the smallest "
+                     f"class ({available.min()} images).")
+  counts = ntk.long_tailed_counts(num_classes, max_count=max_count, imbalance_ratio=ratio, profile=profile)
+  rng = np.random.RandomState(seed)
+  train, validation = [], []
+  for c in range(num_classes):
+    indices = np.flatnonzero(labels == c)
+    rng.shuffle(indices)
+    train.append(indices[:counts[c]])
+    validation.append(indices[len(indices) - validation_per_class:])
+  return np.concatenate(train), np.concatenate(validation)
+
+
+def _in_memory_dataset(name: str, class_names, train, evals: dict, *, long_tail: dict, mean, std, pad: int,
+                       validation_per_class: int = 0) -> Dataset:
+  """`train`: (images, labels) of the full training split, long-tailed here; `evals`: split -> (images, labels)."""
+  num_classes = len(class_names)
+  images, labels = train
+  labels = _check_labels(labels, num_classes, f"{name} train")
+  train_indices, validation_indices = _long_tailed_split(labels, num_classes,
+                                                         validation_per_class=validation_per_class, **long_tail)
+  sources = {}
+  if validation_per_class:
+    sources["val"] = _ArraySource(images[validation_indices], labels[validation_indices], mean=mean, std=std)
+  for split, (split_images, split_labels) in evals.items():
+    sources[split] = _ArraySource(split_images, _check_labels(split_labels, num_classes, f"{name} {split}"),
+                                  mean=mean, std=std)
+  train_labels = labels[train_indices]
+  return Dataset(name=name, num_classes=num_classes, class_names=list(class_names),
+                 image_shape=tuple(int(d) for d in images.shape[1:]),
+                 train_class_counts=np.bincount(train_labels, minlength=num_classes).astype(np.int64),
+                 eval_splits=tuple(sources), has_validation="val" in sources,
+                 num_train_examples=len(train_indices),
+                 _train=_ArraySource(images[train_indices], train_labels, mean=mean, std=std, pad=pad),
+                 _evals=sources)
+
+
+# ---- Fashion-MNIST ---------------------------------------------------------------------------------------------
+
+
+def read_idx(path: str) -> np.ndarray:
+  """Reads an IDX file (gzipped when the name ends in .gz) of unsigned bytes into a uint8 array."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+    raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4]!r}).")
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+  body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if body.size != int(np.prod(shape)):
+    raise ValueError(f"{path}: header says {shape} ({np.prod(shape)} bytes) but holds {body.size} bytes.")
+  return body.reshape(shape)
+
+
+def _find_idx_files(directory: str) -> dict | None:
+  """`{split: (images_path, labels_path)}` when `directory` holds all four Fashion-MNIST IDX files."""
+  found = {}
+  for split, prefix in (("train", "train"), ("test", "t10k")):
+    paths = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+      candidates = [os.path.join(directory, f"{prefix}-{kind}{ext}") for ext in (".gz", "")]
+      existing = [p for p in candidates if os.path.isfile(p)]
+      if not existing:
+        return None
+      paths.append(existing[0])
+    found[split] = tuple(paths)
+  return found
+
+
+def _fashion_mnist(data_dir, download, long_tail, *, validation_per_class) -> Dataset:
+  directory = data_dir if data_dir is not None else FASHION_MNIST_DEBIAN_DIR
+  files = _find_idx_files(directory)
+  class_names = FASHION_MNIST_CLASS_NAMES
+  if files is not None:
+    splits = {}
+    for split, (images_path, labels_path) in files.items():
+      images, labels = read_idx(images_path), read_idx(labels_path)
+      if images.ndim != 3 or images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images_path} / {labels_path}: expected [N, H, W] images and [N] labels, got "
+                         f"{images.shape} and {labels.shape}.")
+      splits[split] = (images[..., None], labels)
+  else:
+    looked_in = [f"IDX files in {directory}", f"TFDS fashion_mnist in {data_dir or 'the default TFDS data_dir'}"]
+    splits, tfds_names = _load_tfds("fashion_mnist_lt", "fashion_mnist", data_dir, download, looked_in)
+    class_names = tfds_names if len(tfds_names) == len(class_names) else class_names
+  return _in_memory_dataset("fashion_mnist_lt", class_names, splits["train"], {"test": splits["test"]},
+                            long_tail=long_tail, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, pad=2,
+                            validation_per_class=validation_per_class)
+
+
+# ---- CIFAR (TFDS) ----------------------------------------------------------------------------------------------
+
+
+def _import_tensorflow():
+  """Imports TensorFlow hidden from every GPU, so that it never takes accelerator memory from JAX."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:  # Already initialized: the first call did it.
+    pass
+  return tf
+
+
+def _load_tfds(name: str, tfds_name: str, data_dir, download, looked_in) -> tuple[dict, list[str]]:
+  """Loads the train and test splits of a TFDS image dataset into uint8 / int64 NumPy arrays."""
+  try:
+    _import_tensorflow()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise DatasetNotFoundError(name, looked_in, f"TensorFlow Datasets is not installed: {e}") from e
+  try:
+    builder = tfds.builder(tfds_name, data_dir=data_dir)
+    datasets = tfds.load(tfds_name, split=["train", "test"], data_dir=data_dir, download=download)
+  except Exception as e:  # pylint: disable=broad-except  # TFDS reports missing data with several exception types.
+    raise DatasetNotFoundError(name, looked_in, f"TFDS: {type(e).__name__}: {e}") from e
+  splits = {}
+  for split, dataset in zip(("train", "test"), datasets):
+    chunks = list(tfds.as_numpy(dataset.map(lambda x: (x["image"], x["label"])).batch(10_000)))
+    splits[split] = (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
+  return splits, list(builder.info.features["label"].names)
+
+
+def _cifar(name: str, data_dir, download, long_tail) -> Dataset:
+  tfds_name, num_classes = {"cifar10_lt": ("cifar10", 10), "cifar100_lt": ("cifar100", 100)}[name]
+  looked_in = [f"TFDS {tfds_name} in {data_dir or 'the default TFDS data_dir'}"]
+  splits, class_names = _load_tfds(name, tfds_name, data_dir, download, looked_in)
+  if len(class_names) != num_classes:
+    class_names = [str(c) for c in range(num_classes)]
+  return _in_memory_dataset(name, class_names, splits["train"], {"test": splits["test"]}, long_tail=long_tail,
+                            mean=CIFAR_MEAN, std=CIFAR_STD, pad=4)
+
+
+# ---- Pl@ntNet-300K (folders of JPEGs) --------------------------------------------------------------------------
+
+
+def _list_images(directory: str) -> dict[str, list[str]]:
+  """`{class folder name: sorted image paths}` of a folder-per-class split."""
+  classes = {}
+  for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+    if entry.is_dir():
+      classes[entry.name] = sorted(os.path.join(entry.path, f.name) for f in os.scandir(entry.path)
+                                   if f.is_file() and f.name.lower().endswith(_IMAGE_EXTENSIONS))
+  return classes
+
+
+def _plantnet(data_dir, *, image_size: int) -> Dataset:
+  name = "plantnet300k"
+  if data_dir is None:
+    raise DatasetNotFoundError(name, ["nowhere: data_dir is required for plantnet300k"])
+  candidates = [data_dir, os.path.join(data_dir, "images")]
+  root = next((c for c in candidates if os.path.isdir(os.path.join(c, "train"))), None)
+  if root is None:
+    raise DatasetNotFoundError(name, [os.path.join(c, "train") for c in candidates])
+  train_folders = _list_images(os.path.join(root, "train"))
+  class_ids = list(train_folders)
+  if not class_ids or not any(train_folders.values()):
+    raise DatasetNotFoundError(name, [os.path.join(root, "train")], "no class folder with images")
+  class_index = {c: i for i, c in enumerate(class_ids)}
+  resize_size = int(round(image_size * 256 / 224))
+
+  def source(split: str, folders: dict[str, list[str]]) -> _FileSource:
+    unknown = sorted(set(folders) - set(class_index))
+    if unknown:
+      raise ValueError(f"{name} {split}: class folders {unknown[:5]} are not training classes, so their labels would "
+                       f"fall outside [0, {len(class_ids)}).")
+    paths = [p for c in folders for p in folders[c]]
+    labels = np.asarray([class_index[c] for c in folders for _ in folders[c]], np.int64)
+    return _FileSource(np.asarray(paths, dtype=object), _check_labels(labels, len(class_ids), f"{name} {split}"),
+                       image_size=image_size, resize_size=resize_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+  train = source("train", train_folders)
+  evals = {split: source(split, _list_images(os.path.join(root, split)))
+           for split in ("val", "test") if os.path.isdir(os.path.join(root, split))}
+  evals = {split: s for split, s in evals.items() if len(s.labels)}
+  class_names = class_ids
+  names_file = next((p for p in (os.path.join(data_dir, _PLANTNET_NAMES_FILE), os.path.join(root, _PLANTNET_NAMES_FILE))
+                     if os.path.isfile(p)), None)
+  if names_file is not None:
+    with open(names_file) as f:
+      id_to_name = json.load(f)
+    class_names = [id_to_name.get(c, c) for c in class_ids]
+  return Dataset(name=name, num_classes=len(class_ids), class_names=class_names,
+                 image_shape=(image_size, image_size, 3),
+                 train_class_counts=np.bincount(train.labels, minlength=len(class_ids)).astype(np.int64),
+                 eval_splits=tuple(evals), has_validation="val" in evals, num_train_examples=len(train.labels),
+                 _train=train, _evals=evals)

@@ -1,0 +1,100 @@
+"""What a run shows a person: log lines, TensorBoard summaries, the results table and the per-class plot."""
+import math
+
+import numpy as np
+
+
+class SummaryWriter:
+  """TensorBoard scalars through `tf.summary` (TensorFlow is imported only when a writer is made)."""
+
+  def __init__(self, logdir):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(logdir)
+
+  def _scalars(self, step, prefix, values):
+    with self._writer.as_default():
+      for name, value in values.items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+          self._tf.summary.scalar(f"{prefix}/{name}", value, step=step)
+
+  def write_epoch(self, epoch, record):
+    for split in ("train", "val", "test"):
+      if split in record:
+        self._scalars(epoch, split, record[split])
+    self._writer.flush()
+
+  def write_final(self, step, test_metrics):
+    self._scalars(step, "final_test", test_metrics)
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
+def format_record(record):
+  parts = [f"train loss {record['train']['loss']:.4f}, train top-1 {record['train']['top1_accuracy']:.3f}"]
+  for split in ("val", "test"):
+    if split in record:
+      m = record[split]
+      parts.append(f"{split} top-1 {m['top1_accuracy']:.4f}, {split} macro top-1 {m['macro_top1_accuracy']:.4f}")
+  return "; ".join(parts)
+
+
+def describe_selection(selection, sel_k, best):
+  if selection == "val_macro_topk":
+    return f"best validation macro top-{sel_k} accuracy (epoch {best['epoch'] + 1}); test evaluated once"
+  if selection == "best_test_epoch":
+    return ("best test top-1 epoch: the test set doubles as validation, as in the LDAM-DRW/MM CIFAR-LT protocol "
+            f"(epoch {best['epoch'] + 1}); optimistic by construction")
+  return "last epoch"
+
+
+def per_class_table(dataset, per_class):
+  counts = np.asarray(dataset.train_class_counts)
+  table = {}
+  for c, name in enumerate(dataset.class_names):
+    row = {"train_count": int(counts[c]), "test_count": int(per_class["num_examples"][c])}
+    for key, values in per_class.items():
+      if key != "num_examples":
+        v = float(values[c])
+        row[key] = None if math.isnan(v) else v
+    table[str(name)] = row
+  return table
+
+
+def results_table(results, ks):
+  """Markdown table of the test top-K and macro top-K accuracies (in %)."""
+  test = results["test"]
+  lines = ["| metric | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+  lines.append("| top-K accuracy (%) | " + " | ".join(f"{100 * test[f'top{k}_accuracy']:.2f}" for k in ks) + " |")
+  lines.append("| macro top-K accuracy (%) | "
+               + " | ".join(f"{100 * test[f'macro_top{k}_accuracy']:.2f}" for k in ks) + " |")
+  return "\n".join(lines)
+
+
+def plot_per_class(results, path):
+  """PNG: per-class test accuracy against the class's training frequency (log scale)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  rows = results["per_class"]
+  counts = np.array([r["train_count"] for r in rows.values()], np.float64)
+  keys = sorted({k for r in rows.values() for k in r if k.endswith("_accuracy")},
+                key=lambda s: int(s[3:s.index("_")]))
+  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+  for key in keys:
+    acc = np.array([np.nan if r[key] is None else r[key] for r in rows.values()], np.float64)
+    ax.scatter(counts, 100 * acc, label=key.replace("_accuracy", "").replace("top", "top-"), s=22, alpha=0.8)
+  ax.set_xscale("log")
+  ax.set_xlabel("training images of the class (log scale)")
+  ax.set_ylabel("test accuracy of the class (%)")
+  ax.set_ylim(-2, 102)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  ax.set_title(f"{results['dataset']}, loss {results['loss']}, rule {results['train_rule']}")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)

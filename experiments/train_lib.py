@@ -1,0 +1,362 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)`.
+
+The train step is a pure function of `(state, batch, rng)` (plus the current class weights), `jax.pmap`-ed over the
+local devices: gradients are summed with `lax.psum` over the global batch, batch-norm statistics are synchronized
+with `lax.pmean` inside the model, and each device draws its own loss noise (the key folds in the step and the
+device index). A single CPU device is the degenerate case of the same code.
+"""
+import functools
+import json
+import os
+import time
+from typing import Any, Callable
+
+from absl import logging
+import flax
+from flax.training import train_state as flax_train_state
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import noised_topk_jax as ntk
+from experiments import checkpointing
+from experiments import config as config_lib
+from experiments import input_pipeline
+from experiments import models
+from experiments import reporting
+
+AXIS = "batch"
+
+
+class TrainState(flax_train_state.TrainState):
+  batch_stats: Any = None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss, class weights, optimizer.
+
+
+def make_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callable:
+  """Returns `loss_fn(logits, labels, key) -> per-example losses` for `config.loss`."""
+  name = config.loss
+  if name == "ce":
+    return lambda logits, labels, key: ntk.cross_entropy_loss(logits, labels)
+  if name == "focal":
+    return lambda logits, labels, key: ntk.focal_loss(logits, labels, gamma=config.gamma)
+  if name == "ldam":
+    margins = ntk.class_margins(class_counts, max_margin=config.max_margin)
+    return lambda logits, labels, key: ntk.ldam_loss(logits, labels, margins=margins, scale=config.scale)
+  if name in ("mm", "mm_ldam"):
+    ldam_margins = ntk.class_margins(class_counts, max_margin=0.5) if name == "mm_ldam" else None
+    return lambda logits, labels, key: ntk.max_margin_loss(
+        logits, labels, delta_minus=config.mm_delta_minus, beta=config.mm_beta, scale=config.scale,
+        ldam_margins=ldam_margins, reference_code_compat=config.mm_reference_code_compat)
+  if name == "smooth_svm":
+    return lambda logits, labels, key: ntk.smooth_topk_svm_loss(
+        logits, labels, k=config.k, tau=config.tau, alpha=config.svm_alpha)
+  if name == "topk_hinge":
+    return lambda logits, labels, key: ntk.topk_hinge_loss(logits, labels, k=config.k)
+  if name in ("noised_balanced", "noised_imbalanced"):
+    if name == "noised_imbalanced":
+      margins, scale = ntk.class_margins(class_counts, max_margin=config.max_margin), config.scale
+    else:
+      margins, scale = 1.0, 1.0
+    return lambda logits, labels, key: ntk.noised_topk_loss(
+        logits, labels, k=config.k, epsilon=config.epsilon, num_samples=config.num_samples, margins=margins,
+        scale=scale, key=key)
+  raise ValueError(f"`loss` must be one of {config_lib.LOSSES}, got {name!r}.")
+
+
+def class_weights_for_epoch(config: config_lib.Config, class_counts: np.ndarray, epoch: int) -> np.ndarray:
+  """Per-class loss weights of `epoch` under `config.train_rule` (float32 `[L]`)."""
+  if config.train_rule == "reweight":
+    w = ntk.class_balanced_weights(class_counts, beta=config.cb_beta)
+  elif config.train_rule == "drw":
+    w = ntk.drw_class_weights(class_counts, epoch=epoch, start_epoch=config.drw_start_epoch, beta=config.cb_beta)
+  else:
+    w = np.ones(len(class_counts))
+  return w.astype(np.float32)
+
+
+def learning_rate_at_epoch(config: config_lib.Config, epoch):
+  """Epoch-wise schedule of the LDAM-DRW / Pl@ntNet protocols: linear warm-up, then step decay.
+
+  Warm-up: `lr * (epoch + 1) / warmup_epochs` for the first `warmup_epochs` epochs (0-indexed), then `lr` times
+  `lr_decay_factor` for every decay epoch reached.
+  """
+  lr = config.learning_rate
+  epoch = jnp.asarray(epoch)
+  decays = sum((epoch >= e).astype(jnp.float32) for e in config.lr_decay_epochs) if config.lr_decay_epochs else 0.0
+  lr_epoch = lr * jnp.power(config.lr_decay_factor, decays)
+  if config.warmup_epochs > 0:
+    warm = lr * (epoch + 1).astype(jnp.float32) / config.warmup_epochs
+    lr_epoch = jnp.where(epoch < config.warmup_epochs, warm, lr_epoch)
+  return lr_epoch
+
+
+def make_optimizer(config: config_lib.Config, steps_per_epoch: int):
+  def schedule(step):
+    return learning_rate_at_epoch(config, step // steps_per_epoch)
+
+  # Coupled weight decay (added to the gradient before momentum), as torch.optim.SGD(weight_decay=...).
+  tx = optax.chain(
+      optax.add_decayed_weights(config.weight_decay),
+      optax.sgd(schedule, momentum=config.momentum if config.momentum > 0 else None, nesterov=config.nesterov))
+  return tx, schedule
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Steps.
+
+
+def train_step(state: TrainState, batch, rng, class_weights, *, loss_fn, schedule):
+  """One SGD step on the device's shard of the global batch; call under `pmap(axis_name=AXIS)`.
+
+  The loss is the class-weighted mean over the *global* batch, `sum_i w_{y_i} l_i / sum_i w_{y_i}` (PyTorch's
+  weighted cross-entropy reduction), so 1 and n devices give the same update.
+  """
+  step_key = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
+  labels = batch["label"]
+  weights = class_weights[labels]
+  denominator = lax.psum(jnp.sum(weights), AXIS)
+
+  def objective(params):
+    logits, new_model_state = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"])
+    logits = logits.astype(jnp.float32)
+    per_example = loss_fn(logits, labels, step_key)
+    return jnp.sum(weights * per_example) / denominator, (logits, new_model_state)
+
+  (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  grads = lax.psum(grads, AXIS)
+  new_state = state.apply_gradients(grads=grads, batch_stats=new_model_state["batch_stats"])
+  correct = ntk.topk_correct(logits, labels, k=1).astype(jnp.float32)
+  metrics = {
+      "loss": lax.psum(loss, AXIS),
+      "top1_accuracy": lax.psum(jnp.sum(correct), AXIS) / lax.psum(jnp.float32(labels.shape[0]), AXIS),
+      "learning_rate": schedule(state.step),
+  }
+  return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, *, ks, num_classes):
+  """Per-class top-k counts for every k in `ks`, summed over the devices (padding masked out)."""
+  logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
+  logits = logits.astype(jnp.float32)
+  out = {}
+  for k in ks:
+    correct, total = ntk.per_class_topk_counts(logits, batch["label"], k=k, num_classes=num_classes,
+                                               weights=batch["mask"])
+    out[k] = (lax.psum(correct, AXIS), lax.psum(total, AXIS))
+  return out
+
+
+def shard(batch, num_devices):
+  """[b, ...] host arrays -> [num_devices, b / num_devices, ...]."""
+  return jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
+
+
+def check_labels(labels, num_classes):
+  """Host-side label range check: under jit an out-of-range label would be clamped silently."""
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"Labels must be in [0, {num_classes}); this batch has labels in "
+                     f"[{labels.min()}, {labels.max()}].")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation over a split.
+
+
+def evaluate(p_eval_step, state, dataset, split, *, config, num_local_devices):
+  counts = None
+  for batch in dataset.eval_batches(split, batch_size=config.eval_batch_size,
+                                    process_index=jax.process_index(), process_count=jax.process_count()):
+    check_labels(batch["label"][batch["mask"] > 0], dataset.num_classes)
+    out = p_eval_step(state, shard(batch, num_local_devices))
+    out = jax.tree.map(lambda x: np.asarray(x[0], np.float64), out)
+    counts = out if counts is None else jax.tree.map(np.add, counts, out)
+  metrics, per_class = {}, {}
+  for k, (correct, total) in counts.items():
+    acc, macro, pc = ntk.accuracies_from_counts(correct, total)
+    metrics[f"top{k}_accuracy"] = float(acc)
+    metrics[f"macro_top{k}_accuracy"] = float(macro)
+    per_class[f"top{k}_accuracy"] = np.asarray(pc, np.float64)
+    per_class["num_examples"] = total
+  return metrics, per_class
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The job.
+
+
+def _maybe_initialize_distributed(config):
+  if not config.distributed:
+    return
+  kwargs = {}
+  if config.coordinator_address:
+    kwargs["coordinator_address"] = config.coordinator_address
+  if config.num_processes is not None:
+    kwargs.update(num_processes=config.num_processes, process_id=config.process_id)
+  if jax.process_count() == 1 and not getattr(jax.distributed, "is_initialized", lambda: False)():
+    jax.distributed.initialize(**kwargs)
+
+
+def create_train_state(config, dataset, steps_per_epoch):
+  model = models.create_model(config.model, num_classes=dataset.num_classes, normalized_head=config.normalized_head,
+                              dtype=jnp.bfloat16 if config.half_precision else jnp.float32, axis_name=AXIS)
+  init_rng = jax.random.key(config.seed)
+  dummy = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
+  variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
+  if config.pretrained_weights:
+    variables = models.load_pretrained(variables, config.pretrained_weights, name=config.model)
+  tx, schedule = make_optimizer(config, steps_per_epoch)
+  state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                            batch_stats=variables.get("batch_stats", flax.core.FrozenDict()))
+  return state, schedule
+
+
+def resolve_model_selection(config, dataset):
+  if config.model_selection != "auto":
+    if config.model_selection == "val_macro_topk" and not dataset.has_validation:
+      raise ValueError(f"`model_selection=val_macro_topk` needs a validation split; {dataset.name} has none here.")
+    return config.model_selection
+  return "val_macro_topk" if dataset.has_validation else "best_test_epoch"
+
+
+def _check_against_dataset(config, dataset, loss_fn):
+  num_classes = dataset.num_classes
+  bad = [k for k in config.eval_ks if k > num_classes]
+  if bad:
+    raise ValueError(f"`eval_ks` {bad} exceed the number of classes {num_classes} of {dataset.name}.")
+  devices = jax.local_device_count() * jax.process_count()
+  for name in ("batch_size", "eval_batch_size"):
+    if getattr(config, name) % devices:
+      raise ValueError(f"`{name}`={getattr(config, name)} must be divisible by the number of devices ({devices}).")
+  # Trace the loss once on abstract inputs: a bad hyperparameter (k >= L, ...) fails now, not after data loading.
+  jax.eval_shape(loss_fn, jax.ShapeDtypeStruct((2, num_classes), jnp.float32),
+                 jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.key(0))
+
+
+def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
+  """Trains `config`, evaluates it, writes results to `workdir`, and returns the results dictionary.
+
+  Interrupted runs resume from the last checkpoint in `workdir/checkpoints` and end with the same results.
+  """
+  config = config_lib.validate(config)
+  _maybe_initialize_distributed(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_chief = jax.process_index() == 0
+  num_local_devices = jax.local_device_count()
+
+  dataset = input_pipeline.get_dataset(
+      config.dataset, data_dir=config.data_dir, imbalance_profile=config.imbalance_profile,
+      imbalance_ratio=config.imbalance_ratio, subset_seed=config.subset_seed,
+      validation_per_class=config.validation_per_class, image_size=config.image_size, download=config.tfds_download)
+  class_counts = np.asarray(dataset.train_class_counts)
+  loss_fn = make_loss_fn(config, class_counts)
+  _check_against_dataset(config, dataset, loss_fn)
+  selection = resolve_model_selection(config, dataset)
+  sel_k = config_lib.selection_k(config)
+  steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
+  if config.max_steps_per_epoch:
+    steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+  logging.info("Dataset %s: %d classes, %d training images (head %d, tail %d), eval splits %s.", dataset.name,
+               dataset.num_classes, dataset.num_train_examples, class_counts.max(), class_counts.min(),
+               dataset.eval_splits)
+
+  state, schedule = create_train_state(config, dataset, steps_per_epoch)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
+  meta = {"epoch": -1, "history": [], "best": None, "train_seconds": 0.0}
+  best_variables = {"params": state.params, "batch_stats": state.batch_stats}
+  restored = ckpt.restore_latest(state, best_variables)
+  if restored is not None:
+    state, best_variables, meta = restored
+    logging.info("Resumed from the checkpoint of epoch %d.", meta["epoch"])
+
+  rng = jax.random.key(config.seed + 1)
+  p_train_step = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, schedule=schedule), axis_name=AXIS,
+                          in_axes=(0, 0, None, None), donate_argnums=(0,))
+  p_eval_step = jax.pmap(functools.partial(eval_step, ks=tuple(config.eval_ks), num_classes=dataset.num_classes),
+                         axis_name=AXIS)
+  writer = reporting.SummaryWriter(os.path.join(workdir, "tensorboard")) if is_chief else None
+  rstate = flax.jax_utils.replicate(state)
+
+  for epoch in range(meta["epoch"] + 1, config.epochs):
+    t0 = time.time()
+    class_weights = jnp.asarray(class_weights_for_epoch(config, class_counts, epoch))
+    batches = dataset.train_batches(epoch=epoch, batch_size=config.batch_size, seed=config.seed,
+                                    resample=config.train_rule == "resample", augment=config.augment,
+                                    process_index=jax.process_index(), process_count=jax.process_count())
+    train_metrics = []
+    for i, batch in enumerate(batches):
+      if i >= steps_per_epoch:
+        break
+      check_labels(batch["label"], dataset.num_classes)
+      rstate, metrics = p_train_step(rstate, shard(batch, num_local_devices), rng, class_weights)
+      train_metrics.append(metrics)
+      if (i + 1) % config.log_every_steps == 0:
+        m = jax.tree.map(lambda x: float(x[0]), metrics)
+        logging.info("epoch %d step %d/%d: loss %.4f, top-1 %.3f, lr %.5f", epoch + 1, i + 1, steps_per_epoch,
+                     m["loss"], m["top1_accuracy"], m["learning_rate"])
+    train_summary = {k: float(np.mean([float(m[k][0]) for m in train_metrics])) for k in train_metrics[0]}
+    if not np.isfinite(train_summary["loss"]):
+      raise FloatingPointError(f"The training loss became {train_summary['loss']} in epoch {epoch + 1}; "
+                               "lower the learning rate or the loss scale.")
+    record = {"epoch": epoch, "train": train_summary}
+    last_epoch = epoch == config.epochs - 1
+    if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
+      split = "val" if selection == "val_macro_topk" else "test"
+      eval_metrics, _ = evaluate(p_eval_step, rstate, dataset, split, config=config,
+                                 num_local_devices=num_local_devices)
+      record[split] = eval_metrics
+      score = (eval_metrics[f"macro_top{sel_k}_accuracy"] if selection == "val_macro_topk"
+               else eval_metrics["top1_accuracy"])
+      if selection != "last_epoch" and (meta["best"] is None or score > meta["best"]["score"]):
+        meta["best"] = {"epoch": epoch, "score": score, "split": split, "metrics": eval_metrics}
+        host_state = flax.jax_utils.unreplicate(rstate)
+        best_variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
+    meta["train_seconds"] += time.time() - t0
+    meta["history"].append(record)
+    meta["epoch"] = epoch
+    if writer:
+      writer.write_epoch(epoch + 1, record)
+    logging.info("epoch %d/%d done in %.1fs: %s", epoch + 1, config.epochs, time.time() - t0,
+                 reporting.format_record(record))
+    if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
+      ckpt.save(epoch, flax.jax_utils.unreplicate(rstate), best_variables, meta)
+  ckpt.wait()
+
+  final_state = flax.jax_utils.unreplicate(rstate)
+  if selection in ("val_macro_topk", "best_test_epoch") and meta["best"] is not None:
+    final_state = final_state.replace(params=best_variables["params"], batch_stats=best_variables["batch_stats"])
+  rfinal = flax.jax_utils.replicate(final_state)
+  test_metrics, per_class = evaluate(p_eval_step, rfinal, dataset, "test", config=config,
+                                     num_local_devices=num_local_devices)
+  results = {
+      "dataset": config.dataset,
+      "loss": config.loss,
+      "train_rule": config.train_rule,
+      "config": config.to_dict(),
+      "model_selection": reporting.describe_selection(selection, sel_k, meta["best"]),
+      "best_epoch": None if meta["best"] is None else meta["best"]["epoch"] + 1,
+      "test": test_metrics,
+      "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,
+      "per_class": reporting.per_class_table(dataset, per_class),
+      "train_class_counts": class_counts.tolist(),
+      "history": meta["history"],
+      "train_seconds": meta["train_seconds"],
+      "num_devices": jax.device_count(),
+      "num_processes": jax.process_count(),
+      "backend": jax.default_backend(),
+  }
+  if is_chief:
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+      json.dump(results, f, indent=2, allow_nan=True)
+    reporting.plot_per_class(results, os.path.join(workdir, "per_class_accuracy.png"))
+    if writer:
+      writer.write_final(config.epochs, test_metrics)
+      writer.close()
+  return results

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Quick start: install, then train the embedded default (long-tailed Fashion-MNIST, imbalanced noised top-K loss).
+# Extra arguments go to the trainer, e.g. `bash scripts/quickstart.sh --loss=ce`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=$(bash scripts/install.sh | tail -n 1)
+exec "$PY" -m experiments.train "$@"

@@ -1,0 +1,644 @@
+"""Tests for the per-example losses against the NumPy float64 reference (values and gradients wrt the logits)."""
+import functools
+import re
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import noised_topk_jax as ntk
+from tests import reference as ref
+
+use_jit_param = pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+SHAPES = [(6, 10), (2, 3, 10), (4, 100), (8, 5)]
+SELECTIONS = ("auto", "top_k", "sort", "max_mask")
+
+# float32 library against the float64 reference.
+RTOL, ATOL = 1e-5, 1e-5
+# Gradients compared with central finite differences of the reference, and the smooth SVM's log-space recursion.
+FD_RTOL, FD_ATOL = 1e-4, 1e-5
+SVM_RTOL, SVM_ATOL = 1e-4, 1e-4
+
+
+def _names(param):
+  return r"\b" + re.escape(param) + r"\b"
+
+
+def _inputs(shape, seed, scale=1.0, uniform=False):
+  rng = np.random.default_rng(seed)
+  if uniform:
+    logits = rng.uniform(-1.0, 1.0, size=shape)
+  else:
+    logits = scale * rng.standard_normal(shape)
+  labels = rng.integers(0, shape[-1], size=shape[:-1])
+  return logits.astype(np.float32), labels.astype(np.int32)
+
+
+def _noise(num_samples, shape, seed):
+  return np.random.default_rng(seed + 500).standard_normal((num_samples,) + tuple(shape)).astype(np.float32)
+
+
+def _cotangent(shape, seed=99):
+  return np.random.default_rng(seed).uniform(0.5, 1.5, size=shape).astype(np.float32)
+
+
+def _value_and_vjp(loss_fn, use_jit):
+  """(per-example loss, cotangent-weighted gradient wrt logits) of loss_fn(logits, labels)."""
+
+  def both(logits, labels, cotangent):
+    value, pullback = jax.vjp(lambda x: loss_fn(x, labels), logits)
+    return value, pullback(cotangent)[0]
+
+  return jax.jit(both) if use_jit else both
+
+
+def _check(loss_fn, ref_fn, logits, labels, use_jit, rtol=RTOL, atol=ATOL, grad_rtol=None, grad_atol=None):
+  cot = _cotangent(labels.shape)
+  value, grad = _value_and_vjp(loss_fn, use_jit)(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(cot))
+  want_value, want_grad = ref_fn(logits, labels)[:2]
+  chex.assert_shape(value, labels.shape)
+  chex.assert_shape(grad, logits.shape)
+  assert value.dtype == jnp.float32 and grad.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(value), want_value, rtol=rtol, atol=atol)
+  np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=grad_rtol or rtol,
+                             atol=grad_atol or atol)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cross-entropy, focal, LDAM.
+
+
+@use_jit_param
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cross_entropy(shape, use_jit):
+  logits, labels = _inputs(shape, 1, scale=3.0)
+  _check(ntk.cross_entropy_loss, ref.cross_entropy, logits, labels, use_jit)
+
+
+@use_jit_param
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 5.0])
+@pytest.mark.parametrize("shape", [(6, 10), (2, 3, 10), (3, 100)])
+def test_focal_loss(shape, gamma, use_jit):
+  logits, labels = _inputs(shape, 2, scale=2.0)
+  _check(functools.partial(ntk.focal_loss, gamma=gamma), lambda s, y: ref.focal_loss(s, y, gamma), logits, labels,
+         use_jit, grad_rtol=FD_RTOL, grad_atol=FD_ATOL)
+
+
+def test_focal_gamma_zero_is_cross_entropy():
+  logits, labels = _inputs((5, 10), 3)
+  chex.assert_trees_all_close(ntk.focal_loss(logits, labels, gamma=0.0), ntk.cross_entropy_loss(logits, labels),
+                              rtol=1e-6, atol=1e-6)
+
+
+@use_jit_param
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_ldam_loss(shape, scale, use_jit):
+  logits, labels = _inputs(shape, 4, uniform=True)
+  margins = np.random.default_rng(5).uniform(0.0, 0.5, size=shape[-1]).astype(np.float32)
+  _check(functools.partial(ntk.ldam_loss, margins=jnp.asarray(margins), scale=scale),
+         lambda s, y: ref.ldam_loss(s, y, margins, scale), logits, labels, use_jit, atol=1e-4 * scale)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Top-k hinge and the noised top-k loss.
+
+
+def _margins(kind, num_classes):
+  if kind == "default":
+    return None
+  if kind == "scalar":
+    return 0.3
+  return np.random.default_rng(6).uniform(0.0, 0.8, size=num_classes).astype(np.float32)
+
+
+def _margin_kwargs(margins):
+  return {} if margins is None else {"margins": margins if np.isscalar(margins) else jnp.asarray(margins)}
+
+
+def _ref_margins(margins):
+  return 1.0 if margins is None else margins
+
+
+@use_jit_param
+@pytest.mark.parametrize("margin_kind", ["default", "scalar", "per_class"])
+@pytest.mark.parametrize("shape,k", [((6, 10), 1), ((6, 10), 3), ((2, 3, 10), 2), ((4, 100), 5), ((8, 5), 4)])
+def test_topk_hinge_loss(shape, k, margin_kind, use_jit):
+  logits, labels = _inputs(shape, 7 + k)
+  margins = _margins(margin_kind, shape[-1])
+  _check(functools.partial(ntk.topk_hinge_loss, k=k, **_margin_kwargs(margins)),
+         lambda s, y: ref.topk_hinge_loss(s, y, k, _ref_margins(margins)), logits, labels, use_jit)
+
+
+NOISED_CASES = [((6, 10), 1, 1.0, 5, "default", 1.0), ((6, 10), 3, 0.2, 1, "scalar", 2.0),
+                ((2, 3, 10), 2, 0.5, 4, "per_class", 1.0), ((4, 100), 5, 1.0, 5, "default", 1.0),
+                ((4, 100), 5, 0.01, 5, "per_class", 60.0), ((8, 5), 4, 1.0, 3, "scalar", 1.0)]
+
+
+@use_jit_param
+@pytest.mark.parametrize("shape,k,epsilon,num_samples,margin_kind,scale", NOISED_CASES)
+def test_noised_topk_loss_explicit_noise(shape, k, epsilon, num_samples, margin_kind, scale, use_jit):
+  logits, labels = _inputs(shape, 10 + k)
+  noise = _noise(num_samples, shape, k)
+  margins = _margins(margin_kind, shape[-1])
+  loss_fn = functools.partial(ntk.noised_topk_loss, k=k, epsilon=epsilon, noise=jnp.asarray(noise), scale=scale,
+                              **_margin_kwargs(margins))
+  ref_fn = lambda s, y: ref.noised_topk_loss(s, y, k, epsilon, noise, _ref_margins(margins), scale)
+  _check(loss_fn, ref_fn, logits, labels, use_jit, atol=ATOL * scale, grad_atol=1e-6 * scale)
+
+
+def test_noised_topk_loss_is_relu_of_the_mean():
+  # Per-sample hinges of both signs: relu(mean) and mean(relu) differ by a wide margin here.
+  num_classes, num_samples, k, epsilon = 6, 8, 1, 2.0
+  logits = np.zeros((1, num_classes), np.float32)
+  logits[0, 0] = 2.0
+  labels = np.zeros((1,), np.int32)
+  noise = _noise(num_samples, logits.shape, 3)
+  value = float(ntk.noised_topk_loss(logits, labels, k=k, epsilon=epsilon, noise=noise, margins=0.0)[0])
+  want, _ = ref.noised_topk_loss(logits, labels, k, epsilon, noise, margins=0.0)
+  hinges = np.array([ref.topk_hinge_loss(logits + epsilon * noise[b], labels, k, margins=-1e9)[0][0]
+                     for b in range(num_samples)])
+  per_sample = np.sort(logits[0].astype(np.float64) + epsilon * noise[:, 0].astype(np.float64), axis=-1)[:, -2] - 2.0
+  mean_of_relus = np.mean(np.maximum(per_sample, 0.0))
+  del hinges
+  assert abs(mean_of_relus - max(per_sample.mean(), 0.0)) > 0.05  # the two readings really differ
+  np.testing.assert_allclose(value, want[0], rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(value, max(per_sample.mean(), 0.0), rtol=RTOL, atol=ATOL)
+
+
+@use_jit_param
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+def test_noised_topk_loss_key_gradient_structure(scale, use_jit):
+  shape, k, num_samples = (2, 8, 10), 2, 5
+  logits, labels = _inputs(shape, 20)
+
+  def value_and_grad(s, y, key):
+    f = lambda x: ntk.noised_topk_loss(x, y, k=k, epsilon=1.0, num_samples=num_samples, key=key, scale=scale)
+    value, pullback = jax.vjp(f, s)
+    return value, pullback(jnp.ones(y.shape, s.dtype))[0]
+
+  fn = jax.jit(value_and_grad) if use_jit else value_and_grad
+  value, grad = fn(jnp.asarray(logits), jnp.asarray(labels), jax.random.key(4))
+  value, grad = np.asarray(value), np.asarray(grad) / scale
+  active = value > 0
+  assert active.any() and (~active).any()
+  onehot_y = np.eye(shape[-1])[labels]
+  np.testing.assert_array_equal(grad[~active], 0.0)
+  mean_onehots = grad[active] + onehot_y[active]
+  np.testing.assert_allclose(mean_onehots.sum(-1), 1.0, rtol=0, atol=1e-5)
+  np.testing.assert_allclose(mean_onehots * num_samples, np.round(mean_onehots * num_samples), rtol=0, atol=1e-4)
+  assert np.all(mean_onehots >= -1e-6)
+
+
+@pytest.mark.parametrize("mode", ["noise", "key"])
+@pytest.mark.parametrize("scale", [1.0, 2.5])
+def test_noised_topk_loss_epsilon_zero_is_scaled_hinge(mode, scale):
+  shape, k = (2, 3, 10), 3
+  logits, labels = _inputs(shape, 21)
+  extra = {"noise": jnp.asarray(_noise(4, shape, 1))} if mode == "noise" else {"key": jax.random.key(0),
+                                                                              "num_samples": 4}
+  noised = lambda s: ntk.noised_topk_loss(s, labels, k=k, epsilon=0.0, scale=scale, **extra)
+  hinge = lambda s: scale * ntk.topk_hinge_loss(s, labels, k=k)
+  v1, g1 = jax.value_and_grad(lambda s: noised(s).sum())(jnp.asarray(logits))
+  v2, g2 = jax.value_and_grad(lambda s: hinge(s).sum())(jnp.asarray(logits))
+  chex.assert_trees_all_close((v1, g1), (v2, g2), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize("epsilon", [0.0, 1.0])
+def test_noised_topk_loss_selection_variants_with_ties(selection, epsilon):
+  rng = np.random.default_rng(22)
+  logits = rng.integers(0, 3, size=(2, 4, 8)).astype(np.float32)
+  labels = rng.integers(0, 8, size=(2, 4)).astype(np.int32)
+  noise = rng.integers(-1, 2, size=(3, 2, 4, 8)).astype(np.float32)
+  loss_fn = functools.partial(ntk.noised_topk_loss, k=2, epsilon=epsilon, noise=jnp.asarray(noise), margins=0.5,
+                              selection=selection)
+  _check(loss_fn, lambda s, y: ref.noised_topk_loss(s, y, 2, epsilon, noise, margins=0.5), logits, labels, True,
+         rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Smooth top-k SVM (Berrada et al.): brute-force enumeration of k-subsets, hard switch included.
+
+
+def _svm_inputs(shape, seed, k, tau, hard_rows):
+  """Uniform(-1, 1) logits (gaps < 2, so smooth when k tau log 1000 > 2); `hard_rows` get k boosted classes."""
+  logits, labels = _inputs(shape, seed, uniform=True)
+  flat = logits.reshape(-1, shape[-1])
+  flat_labels = labels.reshape(-1)
+  rng = np.random.default_rng(seed + 1)
+  boost = k * tau * np.log(1000.0) + 3.0
+  for i in range(flat.shape[0]):
+    if hard_rows == "all" or (hard_rows == "alternate" and i % 2 == 0):
+      chosen = rng.choice(shape[-1], size=k, replace=False)
+      if i % 4 == 0:  # make sure both "label among the top k" and not are covered
+        chosen[0] = flat_labels[i] if flat_labels[i] not in chosen else chosen[0]
+      flat[i, chosen] += boost
+  return flat.reshape(shape), labels
+
+
+def _assert_branches(logits, k, tau, hard_rows):
+  uses_hard = np.array([ref.smooth_topk_svm_uses_hard(r, k, tau) for r in logits.reshape(-1, logits.shape[-1])])
+  if hard_rows == "none":
+    assert not uses_hard.any()
+  elif hard_rows == "all":
+    assert uses_hard.all()
+  else:
+    assert uses_hard.any() and (~uses_hard).any()
+
+
+SVM_CASES = [((6, 10), 1, 1.0, 1.0), ((6, 10), 2, 0.5, 1.0), ((6, 10), 5, 1.0, 0.5), ((6, 10), 9, 1.0, 1.0),
+             ((2, 3, 10), 3, 0.5, 1.0), ((8, 5), 4, 2.0, 1.0), ((3, 100), 1, 1.0, 1.0), ((3, 100), 2, 0.5, 2.0)]
+
+
+@use_jit_param
+@pytest.mark.parametrize("hard_rows", ["none", "alternate", "all"])
+@pytest.mark.parametrize("shape,k,tau,alpha", SVM_CASES)
+def test_smooth_topk_svm(shape, k, tau, alpha, hard_rows, use_jit):
+  logits, labels = _svm_inputs(shape, 30 + k, k, tau, hard_rows)
+  _assert_branches(logits, k, tau, hard_rows)
+  _check(functools.partial(ntk.smooth_topk_svm_loss, k=k, tau=tau, alpha=alpha),
+         lambda s, y: ref.smooth_topk_svm_loss(s, y, k, tau, alpha), logits, labels, use_jit, rtol=SVM_RTOL,
+         atol=SVM_ATOL)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_smooth_topk_svm_small_tau_either_branch(k):
+  # tau = 0.1 (the Pl@ntNet setting): the reference decides the branch of every row itself.
+  logits, labels = _inputs((12, 10), 40 + k, scale=1.0)
+  _check(functools.partial(ntk.smooth_topk_svm_loss, k=k, tau=0.1),
+         lambda s, y: ref.smooth_topk_svm_loss(s, y, k, 0.1), logits, labels, False, rtol=SVM_RTOL, atol=SVM_ATOL)
+
+
+def test_smooth_topk_svm_default_alpha_and_k1_closed_form():
+  logits, labels = _inputs((2, 3, 10), 41, scale=0.3)
+  value = ntk.smooth_topk_svm_loss(logits, labels, k=1, tau=1.0)
+  np.testing.assert_allclose(np.asarray(value), ref.smooth_topk_svm_k1_closed_form(logits, labels, 1.0),
+                             rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("hard_rows", ["none", "alternate"])
+@pytest.mark.parametrize("k", [1, 3])
+def test_smooth_topk_svm_float64_tight(k, hard_rows):
+  with jax.enable_x64(True):
+    logits, labels = _svm_inputs((6, 8), 42, k, 0.7, hard_rows)
+    logits = logits.astype(np.float64) + 1e-3 * np.random.default_rng(0).standard_normal(logits.shape)
+    value, grad = jax.value_and_grad(lambda s: ntk.smooth_topk_svm_loss(s, labels, k=k, tau=0.7, alpha=1.3).sum())(
+        jnp.asarray(logits))
+    want_value, want_grad = ref.smooth_topk_svm_loss(logits, labels, k, 0.7, 1.3)
+    assert grad.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(value), want_value.sum(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Max-margin loss (Kang, ICIP 2021): paper form, MM-LDAM, and the released code's behaviour.
+
+MM_HYPER = [(1.29, 1.528, 19.0), (0.5, 10.0, 30.0)]
+
+
+def _mm_inputs(shape, seed, compat):
+  logits, labels = _inputs(shape, seed, uniform=True)
+  flat, flat_labels = logits.reshape(-1, shape[-1]), labels.reshape(-1)
+  n = flat.shape[0]
+  # A row whose true logit ties the best other logit: g == 0 exactly, Delta = 0.
+  y = flat_labels[1]
+  other = (y + 1) % shape[-1]
+  flat[1, y] = 0.95
+  flat[1, other] = 0.95
+  # A row with a large positive gap and one with all logits negative (floor at 0 in compat mode).
+  flat[2, flat_labels[2]] = 0.99
+  flat[3] = -np.abs(flat[3]) - 0.05
+  if compat and n > 5:
+    # Compat rows with g == 0: the first example's label column is the largest non-label logit of the row.
+    y0 = flat_labels[0]
+    for i in (4, 5):
+      if flat_labels[i] == y0:
+        flat_labels[i] = (y0 + 1) % shape[-1]
+      flat[i, y0] = 0.97
+      flat[i, flat_labels[i]] = 0.98
+  return flat.reshape(shape), flat_labels.reshape(shape[:-1])
+
+
+def _raw_ldam_margins(num_classes):
+  counts = ref.long_tailed_counts(num_classes, 500, 100.0)
+  return ref.class_margins(counts, 0.2).astype(np.float32)
+
+
+@use_jit_param
+@pytest.mark.parametrize("hyper", MM_HYPER)
+@pytest.mark.parametrize("mode", ["paper", "ldam", "compat", "compat_ldam"])
+@pytest.mark.parametrize("shape", [(8, 10), (2, 4, 10), (6, 100), (8, 5)])
+def test_max_margin_loss(shape, mode, hyper, use_jit):
+  compat = mode.startswith("compat")
+  if compat and len(shape) != 2:
+    pytest.skip("reference_code_compat is defined for 2-D logits only")
+  delta_minus, beta, scale = hyper
+  logits, labels = _mm_inputs(shape, 50 + len(shape), compat)
+  ldam = _raw_ldam_margins(shape[-1]) if mode.endswith("ldam") else None
+  kwargs = dict(delta_minus=delta_minus, beta=beta, scale=scale, reference_code_compat=compat)
+  if ldam is not None:
+    kwargs["ldam_margins"] = jnp.asarray(ldam)
+  ref_fn = lambda s, y: ref.max_margin_loss(s, y, delta_minus, beta, scale, ldam, compat)
+  _, _, deltas, gaps = ref_fn(logits, labels)
+  assert (gaps > 0).any() and (gaps < 0).any() and (gaps == 0).any()  # every branch of Delta is exercised
+  _check(functools.partial(ntk.max_margin_loss, **kwargs), ref_fn, logits, labels, use_jit, atol=3e-5 * scale)
+
+
+def test_max_margin_compat_reads_first_label_column_and_floors_at_zero():
+  # Hand-made batch where the two released-code quirks change the answer.
+  logits = np.array([[0.9, -0.2, -0.5], [-0.3, -0.4, -0.6], [-0.7, 0.8, -0.1]], np.float32)
+  labels = np.array([0, 2, 1], np.int32)
+  args = dict(delta_minus=0.5, beta=2.0, scale=10.0)
+  compat = np.asarray(ntk.max_margin_loss(logits, labels, reference_code_compat=True, **args))
+  paper = np.asarray(ntk.max_margin_loss(logits, labels, **args))
+  want_compat, _, _, gaps_compat = ref.max_margin_loss(logits, labels, 0.5, 2.0, 10.0, reference_code_compat=True)
+  want_paper, _, _, gaps_paper = ref.max_margin_loss(logits, labels, 0.5, 2.0, 10.0)
+  # Row 1: positive read from column 0 (-0.3), negatives floored at 0 (-0.0 at the label) -> g = -0.3.
+  np.testing.assert_allclose(gaps_compat, [0.9, -0.3, -0.7 - 0.0], atol=1e-7)
+  np.testing.assert_allclose(gaps_paper, [1.1, -0.2, 0.9], atol=1e-7)
+  np.testing.assert_allclose(compat, want_compat, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(paper, want_paper, rtol=RTOL, atol=ATOL)
+  assert np.max(np.abs(compat - paper)) > 0.1
+
+
+def test_max_margin_gap_carries_no_gradient():
+  # With Delta held constant the gradient is scale * (softmax(scale (z - Delta e_y)) - e_y): rows sum to 0.
+  logits, labels = _mm_inputs((8, 10), 55, False)
+  grad = jax.grad(lambda s: ntk.max_margin_loss(s, labels, delta_minus=0.5, beta=10.0, scale=30.0).sum())(logits)
+  np.testing.assert_allclose(np.asarray(grad).sum(-1), 0.0, atol=1e-4)
+  _, want_grad, _, _ = ref.max_margin_loss(logits, labels, 0.5, 10.0, 30.0)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=RTOL, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# weighted_mean.
+
+
+@use_jit_param
+@pytest.mark.parametrize("shape", [(7,), (2, 3)])
+def test_weighted_mean(shape, use_jit):
+  rng = np.random.default_rng(60)
+  losses = rng.uniform(0, 3, size=shape).astype(np.float32)
+  class_weights = rng.uniform(0.1, 2.0, size=4)
+  weights = class_weights[rng.integers(0, 4, size=shape)].astype(np.float32)
+  fn = jax.jit(ntk.weighted_mean) if use_jit else ntk.weighted_mean
+  value, grad = jax.value_and_grad(fn)(jnp.asarray(losses), jnp.asarray(weights))
+  chex.assert_shape(value, ())
+  np.testing.assert_allclose(float(value), ref.weighted_mean(losses, weights), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(grad), weights / weights.astype(np.float64).sum(), rtol=1e-5, atol=1e-7)
+  # Not the plain mean divided by N.
+  assert abs(float(value) - float(np.mean(weights * losses))) > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every loss: robustness, dtypes and transformations. Factories take the logits shape and return
+# (library fn(logits, labels), reference fn(logits, labels) -> (value, grad, ...), bf16 absolute tolerance).
+
+
+def _loss_factories():
+  def noised(shape, key_mode=False, **kw):
+    if key_mode:
+      return functools.partial(ntk.noised_topk_loss, k=2, epsilon=1.0, num_samples=4, key=jax.random.key(0), **kw)
+    noise = _noise(4, shape, 0)
+    return functools.partial(ntk.noised_topk_loss, k=2, epsilon=1.0, noise=jnp.asarray(noise), **kw), noise
+
+  def noised_factory(shape):
+    fn, noise = noised(shape)
+    return fn, (lambda s, y: ref.noised_topk_loss(s, y, 2, 1.0, noise)), 3e-2
+
+  def noised_imbalanced_factory(shape):
+    margins = _raw_ldam_margins(shape[-1])
+    fn, noise = noised(shape, margins=jnp.asarray(margins), scale=10.0)
+    return fn, (lambda s, y: ref.noised_topk_loss(s, y, 2, 1.0, noise, margins, 10.0)), 3e-1
+
+  ldam_m = lambda shape: _raw_ldam_margins(shape[-1])
+  return {
+      "cross_entropy": lambda shape: (ntk.cross_entropy_loss, ref.cross_entropy, 3e-2),
+      "focal": lambda shape: (functools.partial(ntk.focal_loss, gamma=2.0),
+                              lambda s, y: ref.focal_loss(s, y, 2.0), 3e-2),
+      "focal_fractional": lambda shape: (functools.partial(ntk.focal_loss, gamma=0.5),
+                                         lambda s, y: ref.focal_loss(s, y, 0.5), 3e-2),
+      "ldam": lambda shape: (functools.partial(ntk.ldam_loss, margins=jnp.asarray(ldam_m(shape)), scale=5.0),
+                             lambda s, y: ref.ldam_loss(s, y, ldam_m(shape), 5.0), 1.5e-1),
+      "topk_hinge": lambda shape: (functools.partial(ntk.topk_hinge_loss, k=2),
+                                   lambda s, y: ref.topk_hinge_loss(s, y, 2), 3e-2),
+      "noised_topk": noised_factory,
+      "noised_topk_imbalanced": noised_imbalanced_factory,
+      "smooth_svm": lambda shape: (functools.partial(ntk.smooth_topk_svm_loss, k=2, tau=1.0),
+                                   lambda s, y: ref.smooth_topk_svm_loss(s, y, 2, 1.0), 5e-2),
+      "smooth_svm_small_tau": lambda shape: (functools.partial(ntk.smooth_topk_svm_loss, k=3, tau=0.1),
+                                             lambda s, y: ref.smooth_topk_svm_loss(s, y, 3, 0.1), 5e-2),
+      "max_margin": lambda shape: (
+          functools.partial(ntk.max_margin_loss, delta_minus=0.5, beta=10.0, scale=5.0),
+          lambda s, y: ref.max_margin_loss(s, y, 0.5, 10.0, 5.0), 1.5e-1),
+      "max_margin_ldam": lambda shape: (
+          functools.partial(ntk.max_margin_loss, delta_minus=1.29, beta=1.528, scale=5.0,
+                            ldam_margins=jnp.asarray(ldam_m(shape))),
+          lambda s, y: ref.max_margin_loss(s, y, 1.29, 1.528, 5.0, ldam_m(shape)), 1.5e-1),
+      "max_margin_compat": lambda shape: (
+          functools.partial(ntk.max_margin_loss, delta_minus=0.5, beta=10.0, scale=5.0, reference_code_compat=True),
+          lambda s, y: ref.max_margin_loss(s, y, 0.5, 10.0, 5.0, None, True), 1.5e-1),
+  }
+
+
+LOSS_NAMES = sorted(_loss_factories())
+LOSS_NAMES_ND = [n for n in LOSS_NAMES if n != "max_margin_compat"]  # compat mode is 2-D only
+
+
+def _extreme_fns(name, shape):
+  """Library fns for the finiteness checks, including key-drawn noise for the noised losses."""
+  fn = _loss_factories()[name](shape)[0]
+  fns = [fn]
+  if name.startswith("noised"):
+    fns.append(functools.partial(ntk.noised_topk_loss, k=2, epsilon=1.0, num_samples=3, key=jax.random.key(1)))
+  return fns
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_extreme_logits_finite(name):
+  shape = (16, 10)
+  logits, labels = _inputs(shape, 70, scale=1e4)
+  logits[0] = 0.0  # constant row: ties everywhere
+  logits[1, 3] = logits[1, 4] = logits[1].max() + 1.0  # tied maximum
+  logits[2, labels[2]] = 1e4 * 50  # hugely confident and right: ce underflows to exactly 0
+  logits[3] = np.sort(logits[3])  # near-tie at the top: keeps the smooth SVM in its smooth branch at huge scale
+  logits[3, -4:] = logits[3, -1] - np.array([0.03, 0.02, 0.01, 0.0], np.float32)
+  for fn in _extreme_fns(name, shape):
+    value, grad = jax.jit(jax.value_and_grad(lambda s: fn(s, labels).sum()))(jnp.asarray(logits))
+    losses = fn(jnp.asarray(logits), labels)
+    chex.assert_tree_all_finite((value, grad, losses))
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_extreme_logits_match_reference(name):
+  # Values stay right (not merely finite) on logits of magnitude 1e2 in float32.
+  if name.startswith("focal"):
+    pytest.skip("finite differences of the reference lose precision at this scale; values checked below")
+  shape = (6, 10)
+  logits, labels = _inputs(shape, 71, scale=100.0)
+  fn, ref_fn, _ = _loss_factories()[name](shape)
+  np.testing.assert_allclose(np.asarray(fn(jnp.asarray(logits), labels)), ref_fn(logits, labels)[0], rtol=1e-5,
+                             atol=5e-3)
+
+
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_focal_large_logits_value(gamma):
+  logits, labels = _inputs((6, 10), 72, scale=100.0)
+  np.testing.assert_allclose(np.asarray(ntk.focal_loss(logits, labels, gamma=gamma)),
+                             ref.focal_loss_value(logits, labels, gamma), rtol=1e-5, atol=5e-3)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_bfloat16_preserved(name):
+  shape = (6, 10)
+  logits, labels = _inputs(shape, 80, uniform=True)
+  fn, _, tol = _loss_factories()[name](shape)
+  x16 = jnp.asarray(logits, jnp.bfloat16)
+  value, grad = jax.jit(_value_and_vjp(fn, False))(x16, jnp.asarray(labels), jnp.ones(labels.shape, jnp.bfloat16))
+  assert value.dtype == jnp.bfloat16 and grad.dtype == jnp.bfloat16
+  chex.assert_tree_all_finite((value, grad))
+  # Against float32 on the same (bf16-rounded) inputs, at a bfloat16 tolerance.
+  v32, g32 = _value_and_vjp(fn, False)(jnp.asarray(x16, jnp.float32), jnp.asarray(labels), jnp.ones(labels.shape))
+  np.testing.assert_allclose(np.asarray(value, np.float32), np.asarray(v32), rtol=3e-2, atol=tol)
+  np.testing.assert_allclose(np.asarray(grad, np.float32), np.asarray(g32), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_float64_preserved_under_x64(name):
+  shape = (6, 10)
+  with jax.enable_x64(True):
+    logits, labels = _inputs(shape, 90, uniform=True)
+    logits = logits.astype(np.float64) + 1e-3 * np.random.default_rng(1).standard_normal(shape)
+    fn, ref_fn, _ = _loss_factories()[name](shape)
+    if name.startswith("noised"):
+      noise = np.asarray(fn.keywords["noise"], np.float64)
+      fn = functools.partial(fn, noise=jnp.asarray(noise))
+    value, grad = _value_and_vjp(fn, True)(jnp.asarray(logits), jnp.asarray(labels), jnp.ones(labels.shape))
+    assert value.dtype == jnp.float64 and grad.dtype == jnp.float64
+    want_value, want_grad = ref_fn(logits, labels)[:2]
+    np.testing.assert_allclose(np.asarray(value), want_value, rtol=1e-10, atol=1e-10)
+    # Finite differences (focal, SVM) are good to ~1e-8; analytic reference gradients to rounding.
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-7)
+  assert jnp.asarray(1.0).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_vmap_matches_batched_call(name):
+  shape = (6, 10)
+  logits, labels = _inputs(shape, 100)
+  fn = _loss_factories()[name](shape)[0]
+  batched_value, batched_grad = jax.value_and_grad(lambda s: fn(s, labels).sum())(jnp.asarray(logits))
+  if name.startswith("noised"):
+    noise = fn.keywords["noise"]
+    row_fn = lambda s, y, n: functools.partial(fn, noise=n)(s, y)
+    in_axes = (0, 0, 1)
+    args = (jnp.asarray(logits), jnp.asarray(labels), noise)
+  elif name == "max_margin_compat":
+    pytest.skip("compat mode couples the rows of a batch through the first label; vmap over rows changes it")
+  else:
+    row_fn, in_axes, args = fn, (0, 0), (jnp.asarray(logits), jnp.asarray(labels))
+  mapped_value = jax.vmap(row_fn, in_axes=in_axes)(*args)
+  mapped_grad = jax.vmap(jax.grad(row_fn), in_axes=in_axes)(*args)
+  chex.assert_trees_all_close(mapped_value.sum(), batched_value, rtol=1e-5, atol=1e-5)
+  chex.assert_trees_all_close(mapped_grad, batched_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_over_an_outer_batch_axis_for_compat_mode():
+  logits, labels = _inputs((2, 5, 10), 101)
+  fn = functools.partial(ntk.max_margin_loss, delta_minus=0.5, beta=10.0, scale=5.0, reference_code_compat=True)
+  mapped = jax.vmap(fn)(jnp.asarray(logits), jnp.asarray(labels))
+  for d in range(2):
+    want = ref.max_margin_loss(logits[d], labels[d], 0.5, 10.0, 5.0, None, True)[0]
+    np.testing.assert_allclose(np.asarray(mapped[d]), want, rtol=RTOL, atol=5 * ATOL)
+
+
+@pytest.mark.parametrize("name", LOSS_NAMES)
+def test_pmap_matches_unmapped(name):
+  assert jax.device_count() == 2
+  shape = (2, 4, 10)
+  logits, labels = _inputs(shape, 110)
+  fn = _loss_factories()[name](shape)[0]
+  if name.startswith("noised"):
+    noise = fn.keywords["noise"]
+    per_device = lambda s, y, n: jax.value_and_grad(lambda x: functools.partial(fn, noise=n)(x, y).sum())(s)
+    pv, pg = jax.pmap(per_device, in_axes=(0, 0, 1))(jnp.asarray(logits), jnp.asarray(labels), noise)
+    want = [per_device(jnp.asarray(logits[d]), jnp.asarray(labels[d]), noise[:, d]) for d in range(2)]
+  else:
+    per_device = lambda s, y: jax.value_and_grad(lambda x: fn(x, y).sum())(s)
+    pv, pg = jax.pmap(per_device)(jnp.asarray(logits), jnp.asarray(labels))
+    want = [per_device(jnp.asarray(logits[d]), jnp.asarray(labels[d])) for d in range(2)]
+  for d in range(2):
+    chex.assert_trees_all_close((pv[d], pg[d]), want[d], rtol=1e-5, atol=1e-5)
+    # And the per-device result is the reference on that shard.
+    ref_fn = _loss_factories()[name](shape[1:])[1]
+    if not name.startswith("noised"):
+      np.testing.assert_allclose(float(pv[d]), ref_fn(logits[d], labels[d])[0].sum(), rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Bad inputs: raised while tracing, the message naming the parameter.
+
+
+def _bad_loss_calls():
+  key = jax.random.key(0)
+  noise = jnp.zeros((2, 3, 5))
+  y = jnp.zeros((3,), jnp.int32)
+  nl = ntk.noised_topk_loss
+  return [
+      ("labels", TypeError, lambda s: ntk.cross_entropy_loss(s, jnp.zeros((3,), jnp.float32))),
+      ("labels", ValueError, lambda s: ntk.cross_entropy_loss(s, jnp.zeros((4,), jnp.int32))),
+      ("labels", ValueError, lambda s: ntk.cross_entropy_loss(s, jnp.zeros((3, 1), jnp.int32))),
+      ("labels", TypeError, lambda s: ntk.topk_hinge_loss(s, jnp.zeros((3,), jnp.float32), k=1)),
+      ("labels", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, jnp.zeros((2,), jnp.int32), k=1, tau=1.0)),
+      ("labels", TypeError, lambda s: nl(s, jnp.zeros((3,)), k=1, epsilon=1.0, noise=noise)),
+      ("labels", ValueError, lambda s: ntk.max_margin_loss(s, jnp.zeros((5,), jnp.int32), delta_minus=0.5, beta=1.0,
+                                                           scale=1.0)),
+      ("gamma", ValueError, lambda s: ntk.focal_loss(s, y, gamma=-0.5)),
+      ("margins", ValueError, lambda s: ntk.ldam_loss(s, y, margins=jnp.zeros(4), scale=1.0)),
+      ("k", ValueError, lambda s: ntk.topk_hinge_loss(s, y, k=0)),
+      ("k", ValueError, lambda s: ntk.topk_hinge_loss(s, y, k=5)),
+      ("margins", ValueError, lambda s: ntk.topk_hinge_loss(s, y, k=1, margins=jnp.ones(6))),
+      ("k", ValueError, lambda s: nl(s, y, k=0, epsilon=1.0, noise=noise)),
+      ("k", ValueError, lambda s: nl(s, y, k=5, epsilon=1.0, noise=noise)),
+      ("epsilon", ValueError, lambda s: nl(s, y, k=1, epsilon=-1.0, noise=noise)),
+      ("num_samples", ValueError, lambda s: nl(s, y, k=1, epsilon=1.0, num_samples=0, key=key)),
+      ("key", ValueError, lambda s: nl(s, y, k=1, epsilon=1.0, num_samples=2)),
+      ("noise", ValueError, lambda s: nl(s, y, k=1, epsilon=1.0, num_samples=2, key=key, noise=noise)),
+      ("noise", ValueError, lambda s: nl(s, y, k=1, epsilon=1.0, noise=jnp.zeros((2, 3, 4)))),
+      ("margins", ValueError, lambda s: nl(s, y, k=1, epsilon=1.0, noise=noise, margins=jnp.ones(3))),
+      ("selection", ValueError, lambda s: nl(s, y, k=1, epsilon=1.0, noise=noise, selection="bogus")),
+      ("k", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, y, k=0, tau=1.0)),
+      ("k", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, y, k=5, tau=1.0)),
+      ("tau", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, y, k=1, tau=0.0)),
+      ("tau", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, y, k=1, tau=-1.0)),
+      ("ldam_margins", ValueError, lambda s: ntk.max_margin_loss(s, y, delta_minus=0.5, beta=1.0, scale=1.0,
+                                                                 ldam_margins=jnp.ones(4))),
+  ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_loss_calls())))
+@use_jit_param
+def test_bad_inputs_raise_naming_the_parameter(case, use_jit):
+  param, error, call = _bad_loss_calls()[case]
+  fn = jax.jit(call) if use_jit else call
+  with pytest.raises(error, match=_names(param)):
+    fn(jnp.zeros((3, 5)))
+
+
+def test_compat_mode_rejects_non_2d_logits():
+  logits, labels = _inputs((2, 3, 5), 0)
+  with pytest.raises(ValueError, match=_names("reference_code_compat")):
+    ntk.max_margin_loss(logits, labels, delta_minus=0.5, beta=1.0, scale=1.0, reference_code_compat=True)
+
+
+def test_largest_allowed_k_is_accepted():
+  logits, labels = _inputs((3, 5), 0)
+  for fn in (lambda: ntk.topk_hinge_loss(logits, labels, k=4),
+             lambda: ntk.smooth_topk_svm_loss(logits, labels, k=4, tau=1.0),
+             lambda: ntk.noised_topk_loss(logits, labels, k=4, epsilon=1.0, num_samples=2, key=jax.random.key(0))):
+    chex.assert_shape(fn(), (3,))
+  np.testing.assert_allclose(np.asarray(ntk.topk_hinge_loss(logits, labels, k=4)),
+                             ref.topk_hinge_loss(logits, labels, 4)[0], rtol=RTOL, atol=ATOL)
