@@ -2,7 +2,7 @@
 
 `create_model(name, num_classes=..., normalized_head=..., dtype=..., axis_name=...)` builds one of `MODELS`:
 
-- `cnn`: a small, fast CNN for 28x28x1 Fashion-MNIST (conv-BN-relu blocks, max pooling, global average pool).
+- `cnn`: a small CNN for 28x28x1 Fashion-MNIST that trains fast on a CPU (conv-BN-relu blocks, max pooling, flatten).
 - `resnet32`: the CIFAR ResNet-32 of LDAM-DRW: a 3x3 conv with 16 channels, 3 stages of 5 basic blocks (widths
   16/32/64, strides 1/2/2) with the parameter-free "option A" shortcut, global average pool, head. Convolutions and
   the linear head use the untruncated Kaiming-normal (fan_in) initialisation.
@@ -135,30 +135,49 @@ class _Base(nn.Module):
 # Fashion-MNIST CNN.
 
 
+def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
+  """[B, H, W, C] -> [B, H / block, W / block, block * block * C]: each block x block patch becomes one pixel."""
+  b, h, w, c = x.shape
+  if h % block or w % block:
+    raise ValueError(f"space_to_depth needs a height and width divisible by {block}, got {(h, w)}.")
+  x = x.reshape(b, h // block, block, w // block, block, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, h // block, w // block, block * block * c)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 / stride-2 max pooling as a reshape and a max reduction. Same values as `nn.max_pool(x, (2, 2), (2, 2))`,
+  but its gradient is elementwise (ties share it) where XLA:CPU's select-and-scatter gradient is several times
+  slower."""
+  b, h, w, c = x.shape
+  if h % 2 or w % 2:
+    raise ValueError(f"max_pool_2x2 needs an even height and width, got {(h, w)}.")
+  return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
 class FashionCNN(_Base):
-  """Small CNN for 28x28x1 inputs: per stage `convs_per_stage` x (conv3x3 - BN - relu) then 2x2 max pool; global
-  average pool; head. The defaults (widths 32/64, one conv per stage) keep a jitted batch-128 train step in the
-  tens of milliseconds on a 2-core CPU."""
-  widths: Sequence[int] = (32, 64)
-  convs_per_stage: int = 1
-  dense_width: int = 0  # > 0: a hidden dense-BN-relu layer before the head.
+  """Small CNN for 28x28x1 Fashion-MNIST, sized for a 2-core CPU.
+
+  space-to-depth 2x2 (28x28x1 -> 14x14x4) - conv3x3 16 - BN - relu - max pool 2x2 (-> 7x7) - 2 x (conv3x3 32 - BN -
+  relu) - flatten (1568) - head. The first two layers amount to a 6x6 stride-2 convolution; written this way they
+  avoid full-resolution activations and XLA:CPU's slow strided-convolution gradients. A jitted batch-128 train step
+  takes ~10-20 ms on 2 CPU cores, and 10 epochs on 15k balanced Fashion-MNIST images reach ~88% test accuracy
+  (wider "conv32 x 2, conv64 x 2 at full resolution" designs cost ~0.1-0.8 s per step there for a similar accuracy).
+  Input height and width must be divisible by 4.
+  """
+  stem_width: int = 16
+  widths: Sequence[int] = (32, 32)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     norm = self._norm(train)
     conv = functools.partial(nn.Conv, kernel_size=(3, 3), padding=_symmetric(1), use_bias=False, dtype=self.dtype,
                              kernel_init=kaiming_normal_fan_in)
-    for stage, width in enumerate(self.widths):
-      for i in range(self.convs_per_stage):
-        x = conv(width, name=f"conv{stage + 1}_{i + 1}")(x)
-        x = norm(name=f"bn{stage + 1}_{i + 1}")(x)
-        x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = global_average_pool(x)
-    if self.dense_width > 0:
-      x = nn.Dense(self.dense_width, use_bias=False, dtype=self.dtype, kernel_init=kaiming_normal_fan_in,
-                   name="dense")(x)
-      x = nn.relu(norm(name="bn_dense")(x))
+    x = space_to_depth(x, 2)
+    x = nn.relu(norm(name="bn1")(conv(self.stem_width, name="conv1")(x)))
+    x = max_pool_2x2(x)
+    for i, width in enumerate(self.widths):
+      x = nn.relu(norm(name=f"bn{i + 2}")(conv(width, name=f"conv{i + 2}")(x)))
+    x = x.reshape(x.shape[0], -1)
     return _head(self.num_classes, self.normalized_head, kaiming_normal_fan_in)(x)
 
 
@@ -370,11 +389,13 @@ def load_pretrained(variables, path: str, *, name: str):
   return FrozenDict(result) if frozen else result
 
 
-def variable_shapes(name: str, num_classes: int, image_size: int = 64, normalized_head: bool = False
+def variable_shapes(name: str, num_classes: int, image_size: Optional[int] = None, normalized_head: bool = False
                     ) -> Mapping[str, tuple]:
-  """Flat "collection/module/.../leaf" -> shape of model `name`'s variables, computed abstractly (no FLOPs)."""
+  """Flat "collection/module/.../leaf" -> shape of model `name`'s variables, computed abstractly (no FLOPs). The
+  image size (default 28 for `cnn`, 32 otherwise) matters only for `cnn`, whose head follows a flatten."""
   model = create_model(name, num_classes=num_classes, normalized_head=normalized_head)
   channels = 1 if name == "cnn" else 3
+  image_size = image_size or (28 if name == "cnn" else 32)
   x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
   return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes), sep="/").items()}

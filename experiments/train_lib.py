@@ -153,6 +153,11 @@ def eval_step(state: TrainState, batch, *, ks, num_classes):
   return out
 
 
+def unreplicate(tree):
+  """The first device's copy of a pmapped tree (flax.jax_utils.unreplicate mishandles a subset of devices)."""
+  return jax.tree.map(lambda x: x[0], tree)
+
+
 def shard(batch, num_devices):
   """[b, ...] host arrays -> [num_devices, b / num_devices, ...]."""
   return jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
@@ -316,7 +321,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                else eval_metrics["top1_accuracy"])
       if selection != "last_epoch" and (meta["best"] is None or score > meta["best"]["score"]):
         meta["best"] = {"epoch": epoch, "score": score, "split": split, "metrics": eval_metrics}
-        host_state = flax.jax_utils.unreplicate(rstate)
+        host_state = unreplicate(rstate)
         best_variables = {"params": host_state.params, "batch_stats": host_state.batch_stats}
     meta["train_seconds"] += time.time() - t0
     meta["history"].append(record)
@@ -326,10 +331,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     logging.info("epoch %d/%d done in %.1fs: %s", epoch + 1, config.epochs, time.time() - t0,
                  reporting.format_record(record))
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
-      ckpt.save(epoch, flax.jax_utils.unreplicate(rstate), best_variables, meta)
+      ckpt.save(epoch, unreplicate(rstate), best_variables, meta)
   ckpt.wait()
 
-  final_state = flax.jax_utils.unreplicate(rstate)
+  final_state = unreplicate(rstate)
   if selection in ("val_macro_topk", "best_test_epoch") and meta["best"] is not None:
     final_state = final_state.replace(params=best_variables["params"], batch_stats=best_variables["batch_stats"])
   rfinal = flax.jax_utils.replicate(final_state)

@@ -99,7 +99,7 @@ def test_ldam_loss(shape, scale, use_jit):
   logits, labels = _inputs(shape, 4, uniform=True)
   margins = np.random.default_rng(5).uniform(0.0, 0.5, size=shape[-1]).astype(np.float32)
   _check(functools.partial(ntk.ldam_loss, margins=jnp.asarray(margins), scale=scale),
-         lambda s, y: ref.ldam_loss(s, y, margins, scale), logits, labels, use_jit, atol=1e-4 * scale)
+         lambda s, y: ref.ldam_loss(s, y, margins, scale), logits, labels, use_jit, atol=1e-5 * scale)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -158,11 +158,9 @@ def test_noised_topk_loss_is_relu_of_the_mean():
   noise = _noise(num_samples, logits.shape, 3)
   value = float(ntk.noised_topk_loss(logits, labels, k=k, epsilon=epsilon, noise=noise, margins=0.0)[0])
   want, _ = ref.noised_topk_loss(logits, labels, k, epsilon, noise, margins=0.0)
-  hinges = np.array([ref.topk_hinge_loss(logits + epsilon * noise[b], labels, k, margins=-1e9)[0][0]
-                     for b in range(num_samples)])
+  # Per-sample hinge: (k+1)-th largest of the perturbed scores minus the unperturbed true score.
   per_sample = np.sort(logits[0].astype(np.float64) + epsilon * noise[:, 0].astype(np.float64), axis=-1)[:, -2] - 2.0
   mean_of_relus = np.mean(np.maximum(per_sample, 0.0))
-  del hinges
   assert abs(mean_of_relus - max(per_sample.mean(), 0.0)) > 0.05  # the two readings really differ
   np.testing.assert_allclose(value, want[0], rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(value, max(per_sample.mean(), 0.0), rtol=RTOL, atol=ATOL)
@@ -301,6 +299,7 @@ MM_HYPER = [(1.29, 1.528, 19.0), (0.5, 10.0, 30.0)]
 
 def _mm_inputs(shape, seed, compat):
   logits, labels = _inputs(shape, seed, uniform=True)
+  logits = np.minimum(logits, 0.9)
   flat, flat_labels = logits.reshape(-1, shape[-1]), labels.reshape(-1)
   n = flat.shape[0]
   # A row whose true logit ties the best other logit: g == 0 exactly, Delta = 0.
@@ -344,7 +343,7 @@ def test_max_margin_loss(shape, mode, hyper, use_jit):
   ref_fn = lambda s, y: ref.max_margin_loss(s, y, delta_minus, beta, scale, ldam, compat)
   _, _, deltas, gaps = ref_fn(logits, labels)
   assert (gaps > 0).any() and (gaps < 0).any() and (gaps == 0).any()  # every branch of Delta is exercised
-  _check(functools.partial(ntk.max_margin_loss, **kwargs), ref_fn, logits, labels, use_jit, atol=3e-5 * scale)
+  _check(functools.partial(ntk.max_margin_loss, **kwargs), ref_fn, logits, labels, use_jit, atol=1e-5 * scale)
 
 
 def test_max_margin_compat_reads_first_label_column_and_floors_at_zero():
@@ -358,7 +357,7 @@ def test_max_margin_compat_reads_first_label_column_and_floors_at_zero():
   want_paper, _, _, gaps_paper = ref.max_margin_loss(logits, labels, 0.5, 2.0, 10.0)
   # Row 1: positive read from column 0 (-0.3), negatives floored at 0 (-0.0 at the label) -> g = -0.3.
   np.testing.assert_allclose(gaps_compat, [0.9, -0.3, -0.7 - 0.0], atol=1e-7)
-  np.testing.assert_allclose(gaps_paper, [1.1, -0.2, 0.9], atol=1e-7)
+  np.testing.assert_allclose(gaps_paper, [1.1, -0.3, 0.9], atol=1e-7)
   np.testing.assert_allclose(compat, want_compat, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(paper, want_paper, rtol=RTOL, atol=ATOL)
   assert np.max(np.abs(compat - paper)) > 0.1
@@ -529,6 +528,8 @@ def test_float64_preserved_under_x64(name):
 def test_vmap_matches_batched_call(name):
   shape = (6, 10)
   logits, labels = _inputs(shape, 100)
+  if name == "max_margin_compat":
+    pytest.skip("compat mode couples the rows of a batch through the first label; vmap over rows changes it")
   fn = _loss_factories()[name](shape)[0]
   batched_value, batched_grad = jax.value_and_grad(lambda s: fn(s, labels).sum())(jnp.asarray(logits))
   if name.startswith("noised"):
@@ -536,8 +537,6 @@ def test_vmap_matches_batched_call(name):
     row_fn = lambda s, y, n: functools.partial(fn, noise=n)(s, y)
     in_axes = (0, 0, 1)
     args = (jnp.asarray(logits), jnp.asarray(labels), noise)
-  elif name == "max_margin_compat":
-    pytest.skip("compat mode couples the rows of a batch through the first label; vmap over rows changes it")
   else:
     row_fn, in_axes, args = fn, (0, 0), (jnp.asarray(logits), jnp.asarray(labels))
   mapped_value = jax.vmap(row_fn, in_axes=in_axes)(*args)

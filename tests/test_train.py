@@ -1,0 +1,255 @@
+"""End-to-end tests of the training binaries on tiny generated data (CPU, 2 forced host devices)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import config as config_lib
+from experiments import configs
+from experiments import input_pipeline
+from experiments import train_lib
+from tests import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("fashion"))
+  fake_data.write_fashion_mnist_idx(d, train_per_class=60, test_per_class=12)
+  return d
+
+
+def tiny_fashion_config(data_dir, **changes):
+  base = config_lib.Config(
+      dataset="fashion_mnist_lt", data_dir=data_dir, imbalance_ratio=10.0, validation_per_class=6, epochs=2,
+      batch_size=32, eval_batch_size=40, learning_rate=0.05, warmup_epochs=1, lr_decay_epochs=(1,),
+      log_every_steps=2, model="cnn")
+  return base.replace(**changes)
+
+
+def _check_outputs(workdir, results, config):
+  with open(os.path.join(workdir, "results.json")) as f:
+    saved = json.load(f)
+  assert saved["dataset"] == config.dataset and saved["loss"] == config.loss
+  for k in config.eval_ks:
+    for key in (f"top{k}_accuracy", f"macro_top{k}_accuracy"):
+      assert 0.0 <= saved["test"][key] <= 1.0
+  # Top-K accuracy cannot decrease with K.
+  accs = [saved["test"][f"top{k}_accuracy"] for k in sorted(config.eval_ks)]
+  assert accs == sorted(accs)
+  assert len(saved["per_class"]) == len(saved["train_class_counts"])
+  assert all(np.isfinite(r["train"]["loss"]) for r in saved["history"])
+  assert os.path.getsize(os.path.join(workdir, "per_class_accuracy.png")) > 1000
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert os.path.isdir(os.path.join(workdir, "checkpoints"))
+  assert saved["test"] == results["test"]
+
+
+LOSS_CASES = {
+    "ce": dict(normalized_head=False),
+    "focal": dict(normalized_head=False, gamma=2.0),
+    "ldam": dict(max_margin=0.5, scale=30.0),
+    "mm": dict(mm_delta_minus=0.6, mm_beta=1.5, scale=30.0),
+    "mm_ldam": dict(mm_delta_minus=0.6, mm_beta=1.5, scale=30.0, mm_reference_code_compat=True),
+    "smooth_svm": dict(normalized_head=False, k=2, tau=0.5),
+    "topk_hinge": dict(normalized_head=False, k=2),
+    "noised_balanced": dict(normalized_head=False, k=2, epsilon=1.0, num_samples=3),
+    "noised_imbalanced": dict(k=2, epsilon=0.01, num_samples=3, max_margin=0.2, scale=60.0),
+}
+
+
+@pytest.mark.parametrize("loss", config_lib.LOSSES)
+def test_every_loss_trains_end_to_end(loss, fashion_dir, tmp_path):
+  config = tiny_fashion_config(fashion_dir, loss=loss, max_steps_per_epoch=4, **LOSS_CASES[loss])
+  results = train_lib.train_and_evaluate(config, str(tmp_path))
+  _check_outputs(str(tmp_path), results, config)
+  assert results["model_selection"].startswith("best validation macro top-")
+
+
+@pytest.mark.parametrize("rule", ["reweight", "drw", "resample"])
+def test_train_rules_end_to_end(rule, fashion_dir, tmp_path):
+  extra = {"drw_start_epoch": 1} if rule == "drw" else {}
+  config = tiny_fashion_config(fashion_dir, loss="ce", normalized_head=False, train_rule=rule, **extra)
+  results = train_lib.train_and_evaluate(config, str(tmp_path))
+  _check_outputs(str(tmp_path), results, config)
+
+
+def test_class_weights_follow_the_rule():
+  counts = np.array([100, 30, 10, 3])
+  cfg = config_lib.Config(epochs=10, drw_start_epoch=5)
+  np.testing.assert_array_equal(train_lib.class_weights_for_epoch(cfg.replace(train_rule="none"), counts, 7),
+                                np.ones(4, np.float32))
+  drw = cfg.replace(train_rule="drw")
+  np.testing.assert_array_equal(train_lib.class_weights_for_epoch(drw, counts, 4), np.ones(4, np.float32))
+  after = train_lib.class_weights_for_epoch(drw, counts, 5)
+  expected = (1 - 0.9999) / (1 - 0.9999**counts.astype(np.float64))
+  np.testing.assert_allclose(after, expected * 4 / expected.sum(), rtol=1e-6)
+  assert after[-1] > after[0]
+
+
+def test_learning_rate_schedule_matches_the_ldam_drw_protocol():
+  cfg = configs.get_preset("cifar10_lt_exp100_ldam_drw").config
+  lr = lambda e: float(train_lib.learning_rate_at_epoch(cfg, e))
+  np.testing.assert_allclose([lr(0), lr(1), lr(4), lr(5), lr(159), lr(160), lr(179), lr(180), lr(199)],
+                             [0.02, 0.04, 0.1, 0.1, 0.1, 1e-3, 1e-3, 1e-5, 1e-5], rtol=1e-5)
+  plant = configs.get_preset("plantnet_ce").config
+  lr = lambda e: float(train_lib.learning_rate_at_epoch(plant, e))
+  np.testing.assert_allclose([lr(0), lr(19), lr(20), lr(24), lr(25), lr(29)],
+                             [0.002, 0.002, 2e-4, 2e-4, 2e-5, 2e-5], rtol=1e-5)
+
+
+def test_cifar_lt_with_resnet32_end_to_end(tmp_path):
+  with fake_data.mock_cifar(num_examples=300):
+    config = config_lib.Config(
+        dataset="cifar10_lt", loss="ldam", max_margin=0.5, scale=30.0, model="resnet32", normalized_head=True,
+        imbalance_ratio=10.0, epochs=1, batch_size=16, eval_batch_size=50, max_steps_per_epoch=2, eval_ks=(1, 5),
+        warmup_epochs=0, lr_decay_epochs=())
+    results = train_lib.train_and_evaluate(config, str(tmp_path))
+  _check_outputs(str(tmp_path), results, config)
+  assert results["model_selection"].startswith("best test top-1 epoch: the test set doubles as validation")
+
+
+@pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+def test_plantnet_end_to_end(model, tmp_path):
+  root = str(tmp_path / "plantnet")
+  fake_data.write_plantnet_tree(root)
+  config = configs.get_preset("plantnet_noised_imbalanced").config.replace(
+      data_dir=root, model=model, image_size=32, epochs=1, batch_size=8, eval_batch_size=8, max_steps_per_epoch=2,
+      eval_ks=(1, 3), selection_k=3, k=3)
+  workdir = str(tmp_path / "run")
+  results = train_lib.train_and_evaluate(config, workdir)
+  _check_outputs(workdir, results, config)
+  assert results["validation"] is not None
+
+
+def _train_steps(num_devices, batches, config, dataset):
+  """Runs the pmapped train step on the first `num_devices` devices; returns the final host state."""
+  state, schedule = train_lib.create_train_state(config, dataset, steps_per_epoch=10)
+  loss_fn = train_lib.make_loss_fn(config, dataset.train_class_counts)
+  devices = jax.local_devices()[:num_devices]
+  step = jax.pmap(lambda s, b, r, w: train_lib.train_step(s, b, r, w, loss_fn=loss_fn, schedule=schedule),
+                  axis_name=train_lib.AXIS, in_axes=(0, 0, None, None), devices=devices)
+  rstate = flax.jax_utils.replicate(state, devices=devices)
+  weights = jnp.asarray(np.linspace(0.5, 2.0, dataset.num_classes), jnp.float32)
+  for batch in batches:
+    rstate, metrics = step(rstate, train_lib.shard(batch, num_devices), jax.random.key(0), weights)
+  return train_lib.unreplicate(rstate), jax.tree.map(lambda x: float(x[0]), metrics)
+
+
+def test_two_devices_match_one_device(fashion_dir):
+  assert jax.local_device_count() == 2
+  config = tiny_fashion_config(fashion_dir, loss="ce", normalized_head=False)
+  dataset = input_pipeline.get_dataset("fashion_mnist_lt", data_dir=fashion_dir, imbalance_ratio=10.0,
+                                       validation_per_class=6)
+  batches = list(dataset.train_batches(epoch=0, batch_size=32, seed=0))[:3]
+  one, m1 = _train_steps(1, batches, config, dataset)
+  two, m2 = _train_steps(2, batches, config, dataset)
+  # Same global batch, synchronized batch norm, class-weighted mean over the global batch: the same update.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one.params, two.params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one.batch_stats,
+               two.batch_stats)
+  np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5)
+  # And the step did something: parameters moved away from the initialization.
+  init, _ = train_lib.create_train_state(config, dataset, steps_per_epoch=10)
+  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(init.params),
+                                                              jax.tree.leaves(one.params)))
+  assert moved > 1e-3
+
+
+def test_noise_keys_differ_per_device(fashion_dir):
+  """The noised loss must not draw the same noise on every device: fold_in(step, device index)."""
+  keys = jax.pmap(lambda x: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(
+      jax.random.key(0), 3), jax.lax.axis_index("batch"))), axis_name="batch")(jnp.zeros(2))
+  assert not np.array_equal(np.asarray(keys[0]), np.asarray(keys[1]))
+
+
+def test_host_side_label_check():
+  with pytest.raises(ValueError, match=r"Labels must be in \[0, 10\)"):
+    train_lib.check_labels(np.array([0, 3, 10]), 10)
+  train_lib.check_labels(np.array([0, 9]), 10)
+
+
+def _cli(*args, env=None, timeout=600):
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, capture_output=True, text=True,
+                        env=env, timeout=timeout)
+
+
+def _env():
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+  return env
+
+
+def test_resume_after_kill_gives_the_same_results(fashion_dir, tmp_path):
+  args = [f"--data_dir={fashion_dir}", "--imbalance_ratio=10", "--validation_per_class=6", "--epochs=4",
+          "--batch_size=32", "--eval_batch_size=40", "--lr_decay_epochs=2", "--warmup_epochs=1"]
+  straight = str(tmp_path / "straight")
+  done = _cli(*args, f"--workdir={straight}", env=_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  killed = str(tmp_path / "killed")
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.train", *args, f"--workdir={killed}"], cwd=REPO,
+                          env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = os.path.join(killed, "checkpoints")
+  deadline = time.time() + 300
+  while time.time() < deadline and not os.path.isdir(os.path.join(ckpt, "1")):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert os.path.isdir(os.path.join(ckpt, "1")), "the run never wrote the checkpoint of epoch 2"
+  assert not os.path.exists(os.path.join(killed, "results.json")), "the run finished before it was killed"
+
+  resumed = _cli(*args, f"--workdir={killed}", env=_env())
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "Resumed from the checkpoint of epoch" in resumed.stderr
+  with open(os.path.join(straight, "results.json")) as f:
+    a = json.load(f)
+  with open(os.path.join(killed, "results.json")) as f:
+    b = json.load(f)
+  assert a["test"] == b["test"]
+  assert a["per_class"] == b["per_class"]
+  assert a["best_epoch"] == b["best_epoch"]
+  assert [r["train"]["loss"] for r in a["history"]] == [r["train"]["loss"] for r in b["history"]]
+
+
+def test_a_workdir_of_another_config_is_refused(fashion_dir, tmp_path):
+  config = tiny_fashion_config(fashion_dir, loss="ce", normalized_head=False, epochs=1, max_steps_per_epoch=1)
+  train_lib.train_and_evaluate(config, str(tmp_path))
+  with pytest.raises(ValueError, match="different configuration"):
+    train_lib.train_and_evaluate(config.replace(learning_rate=0.2), str(tmp_path))
+
+
+def test_every_preset_validates_and_names_its_command():
+  assert len(configs.PRESETS) == 1 + 6 + 8 * 11
+  for name, preset in configs.PRESETS.items():
+    config_lib.validate(preset.config)
+    assert preset.command.startswith(f"python -m experiments.train --config={name}")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loss=ce", "--epsilon=0.5"], "`epsilon` is not used by `loss=ce`"),
+    (["--loss=nope"], "`loss` must be one of"),
+    (["--train_rule=drw", "--drw_start_epoch=50"], "drw_start_epoch"),
+    (["--config=no_such_preset"], "Unknown `config` preset"),
+    (["--eval_ks=1,x"], "eval_ks"),
+    (["--no_such_flag=1"], "no_such_flag"),
+])
+def test_bad_flags_fail_at_start(args, message):
+  out = _cli(*args, timeout=120)
+  assert out.returncode != 0
+  assert message in out.stderr + out.stdout
+
+
+def test_config_list_prints_every_preset():
+  out = _cli("--config=list", timeout=120)
+  assert out.returncode == 0
+  assert out.stdout.count("python -m experiments.train --config=") == len(configs.PRESETS)
