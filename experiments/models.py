@@ -74,7 +74,8 @@ def global_average_pool(x: jax.Array) -> jax.Array:
 
 
 class LinearHead(nn.Module):
-  """`x @ kernel + bias` in float32; kernel `[in, out]` and bias like nn.Dense, bias init U(+-1/sqrt(in)) (PyTorch)."""
+  """`x @ kernel + bias` in float32 (full-precision matmul); kernel `[in, out]` and bias like nn.Dense, bias init
+  U(+-1/sqrt(in)) as in PyTorch."""
   num_classes: int
   kernel_init: Initializer = torch_linear_init
 
@@ -86,7 +87,7 @@ class LinearHead(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (fan_in, self.num_classes), jnp.float32)
     bias = self.param("bias", lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -bound, bound),
                       (self.num_classes,))
-    return x @ kernel + bias
+    return jnp.dot(x, kernel, precision=jax.lax.Precision.HIGHEST) + bias
 
 
 def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
@@ -109,7 +110,7 @@ class CosineHead(nn.Module):
     x = x.astype(jnp.float32)
     kernel = self.param("kernel", lambda key, shape: jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0),
                         (x.shape[-1], self.num_classes))
-    cosine = _l2_normalize(x, axis=-1) @ _l2_normalize(kernel, axis=0)
+    cosine = jnp.dot(_l2_normalize(x, axis=-1), _l2_normalize(kernel, axis=0), precision=jax.lax.Precision.HIGHEST)
     return jnp.clip(cosine, -1.0, 1.0)
 
 

@@ -5,29 +5,99 @@ estimate of `E[top_k(s + eps Z)]` whose gradient is the perturbed-optimizer esti
 with the same draws as the forward pass.
 """
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from noised_topk_jax import _checks
 
-SELECTIONS = ("auto", "top_k", "sort", "max_mask")
+SELECTIONS = ("auto", "top_k", "sort", "max_mask", "chunked", "approx_max_k")
 
-# Above this k, k passes of max-and-mask cost more than one sort on CPU.
-_MAX_MASK_LIMIT = 16
+# What "auto" resolves to on each backend (`jax.default_backend()`); other backends get "top_k".
+# - CPU: XLA:CPU's TopK and Sort are orders of magnitude slower than a few reductions (benchmarks/RESULTS.md).
+# - GPU: XLA:GPU has a fast TopK kernel for small k.
+# - TPU: "chunked" is exact and sort-free (plain reductions and one small gather). Not measured on a TPU; pass
+#   `selection="top_k"` or `"approx_max_k"` to compare there.
+_AUTO_SELECTION = {"cpu": "chunked", "gpu": "top_k", "cuda": "top_k", "rocm": "top_k", "tpu": "chunked"}
 
 
 def _resolve_selection(selection, k):
+  del k  # "chunked" itself falls back to plain passes when chunking does not pay (see `_chunk_layout`).
   if selection not in SELECTIONS:
     raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}.")
   if selection != "auto":
     return selection
-  # XLA:CPU's TopK is a full sort per row and is slow; k passes of a reduction are much faster there for small k.
-  # GPU and TPU have fast TopK implementations.
-  if jax.default_backend() == "cpu":
-    return "max_mask" if k <= _MAX_MASK_LIMIT else "sort"
-  return "top_k"
+  return _AUTO_SELECTION.get(jax.default_backend(), "top_k")
+
+
+def _last_axis_iota(shape):
+  return lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
+
+
+def _ranked_indices(x, k):
+  """Indices `[..., k]` of the k largest entries along the last axis, in rank order (ties: lowest index first).
+
+  k passes; pass j finds the largest entry strictly *after* the previous one in the total order
+  (value descending, index ascending), with two plain reductions (a max over values, then a min over the indices
+  holding that value). Nothing is overwritten with a sentinel, so `-inf` entries are ranked correctly too.
+  """
+  num = x.shape[-1]
+  iota = _last_axis_iota(x.shape)
+  neg_inf = jnp.array(-jnp.inf, x.dtype)
+  best = jnp.max(x, axis=-1, keepdims=True)
+  pos = jnp.min(jnp.where(x == best, iota, num), axis=-1, keepdims=True)
+  out = [pos]
+  for _ in range(k - 1):
+    after = (x < best) | ((x == best) & (iota > pos))
+    best = jnp.max(jnp.where(after, x, neg_inf), axis=-1, keepdims=True)
+    pos = jnp.min(jnp.where(after & (x == best), iota, num), axis=-1, keepdims=True)
+    out.append(pos)
+  # NaN scores have no place in the order; keep the index in range so that later gathers stay defined.
+  return jnp.minimum(jnp.concatenate(out, axis=-1), num - 1)
+
+
+def _chunk_layout(num_classes, k):
+  """(chunk size C, number of chunks G) for "chunked", or None when chunking cannot beat plain passes.
+
+  Cost model in entries visited per row: one cheap max over L, k passes over the G chunk maxima and k passes over
+  the k*C candidates; C ~ sqrt(L / k) balances the last two.
+  """
+  size = max(_MIN_CHUNK, int(round(math.sqrt(num_classes / k))))
+  groups = -(-num_classes // size)
+  if groups <= k or k * size >= num_classes:
+    return None
+  return size, groups
+
+
+_MIN_CHUNK = 4
+
+
+def _select_kth_chunked(x, k):
+  """Exact k-th largest by a two-level tournament.
+
+  Split the row into G chunks of C entries (the last padded with -inf) and rank the chunks by their best entry.
+  Every one of the k largest entries lies in one of the k best chunks: a chunk ranked below k others has k entries
+  above its best. So the k-th largest of the row is the k-th largest of those k chunks' k*C entries. The chunks
+  are gathered in index order, so ties between entries still break towards the lower index.
+  """
+  num_classes = x.shape[-1]
+  layout = _chunk_layout(num_classes, k)
+  if layout is None:
+    return _ranked_indices(x, k)[..., k - 1]
+  size, groups = layout
+  pad = groups * size - num_classes
+  if pad:
+    x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (pad,), -jnp.inf, x.dtype)], axis=-1)
+  chunk_max = jnp.max(x.reshape(x.shape[:-1] + (groups, size)), axis=-1)
+  chunks = jnp.sort(_ranked_indices(chunk_max, k), axis=-1)  # [..., k], index order
+  offsets = lax.broadcasted_iota(jnp.int32, chunks.shape + (size,), chunks.ndim)
+  candidates = (chunks[..., None] * size + offsets).reshape(chunks.shape[:-1] + (k * size,))
+  values = jnp.take_along_axis(x, candidates, axis=-1)
+  pos = _ranked_indices(values, k)[..., k - 1]
+  return _take_last(candidates, pos)
 
 
 def _select_kth(scores, k, selection):
@@ -35,19 +105,19 @@ def _select_kth(scores, k, selection):
   if selection == "top_k":
     _, idx = lax.top_k(scores, k)
     return idx[..., k - 1]
+  if selection == "approx_max_k":
+    # recall_target=1.0 makes the TPU algorithm exact; other backends run an exact fallback.
+    _, idx = lax.approx_max_k(scores, k, recall_target=1.0, aggregate_to_topk=True)
+    return idx[..., k - 1].astype(jnp.int32)
   if selection == "sort":
-    iota = lax.broadcasted_iota(jnp.int32, scores.shape, scores.ndim - 1)
+    iota = _last_axis_iota(scores.shape)
     # Sorting the negated scores ascending, with the index as a tie-breaker, ranks equal scores lowest index first.
     _, idx = lax.sort((-scores, iota), dimension=scores.ndim - 1, is_stable=True, num_keys=1)
     return idx[..., k - 1]
   if selection == "max_mask":
-    iota = lax.broadcasted_iota(jnp.int32, scores.shape, scores.ndim - 1)
-    masked = scores
-    idx = jnp.argmax(masked, axis=-1).astype(jnp.int32)
-    for _ in range(k - 1):
-      masked = jnp.where(iota == idx[..., None], -jnp.inf, masked)
-      idx = jnp.argmax(masked, axis=-1).astype(jnp.int32)
-    return idx
+    return _ranked_indices(scores, k)[..., k - 1]
+  if selection == "chunked":
+    return _select_kth_chunked(scores, k)
   raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}.")  # pragma: no cover
 
 
@@ -198,7 +268,7 @@ def _resolve_noise(scores, *, num_samples, key, noise):
       raise ValueError("`num_samples` is required when `key` is given.")
     num_samples = _checks.check_int(num_samples, "num_samples", minimum=1)
     cdtype = _checks.compute_dtype(scores.dtype)
-    return jax.random.normal(key, (num_samples,) + tuple(scores.shape), cdtype)
+    return _standard_normal(key, (num_samples,) + tuple(scores.shape), cdtype)
   if not hasattr(noise, "shape"):
     noise = jnp.asarray(noise)
   if not jnp.issubdtype(noise.dtype, jnp.floating):
@@ -211,3 +281,62 @@ def _resolve_noise(scores, *, num_samples, key, noise):
     if num_samples != noise.shape[0]:
       raise ValueError(f"`num_samples`={num_samples} does not match noise.shape[0]={noise.shape[0]}.")
   return noise
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Noise generation.
+#
+# On CPU, `jax.random.normal` runs the Threefry hash as a rolled loop over whole arrays (a choice that keeps compile
+# times short), so it cannot fuse with anything and costs several passes over memory. `_threefry_normal` computes
+# the *same* numbers (same counters, same bits, same float conversion) with the 20 rounds unrolled into plain
+# element-wise operations, which XLA fuses into one loop and, under `jit`, with the perturbation that consumes them.
+
+_THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+_THREEFRY_PARITY = 0x1BD11BDA
+
+
+def _rotate_left(x, bits):
+  return lax.shift_left(x, np.uint32(bits)) | lax.shift_right_logical(x, np.uint32(32 - bits))
+
+
+def _threefry2x32(key0, key1, x0, x1):
+  """Threefry-2x32 with 20 rounds (Salmon et al., SC 2011) on uint32 arrays."""
+  schedule = (key0, key1, key0 ^ key1 ^ np.uint32(_THREEFRY_PARITY))
+  x0 = x0 + schedule[0]
+  x1 = x1 + schedule[1]
+  for block in range(5):
+    for rotation in _THREEFRY_ROTATIONS[block % 2]:
+      x0 = x0 + x1
+      x1 = x0 ^ _rotate_left(x1, rotation)
+    x0 = x0 + schedule[(block + 1) % 3]
+    x1 = x1 + schedule[(block + 2) % 3] + np.uint32(block + 1)
+  return x0, x1
+
+
+@functools.partial(jax.jit, static_argnums=(1,))
+def _threefry_normal(key_data, shape):
+  """`jax.random.normal(key, shape, float32)` for a Threefry key given by its data `uint32[2]`, bit for bit.
+
+  JAX's partitionable Threefry draws element i (row-major) from the counter pair (hi, lo) = (i >> 32, i & 0xffffffff)
+  and keeps the XOR of the two output words; the float conversion fills the mantissa of a number in [1, 2), maps it to
+  [nextafter(-1, 0), 1) and applies sqrt(2) * erfinv.
+  """
+  counts = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  bits0, bits1 = _threefry2x32(key_data[0], key_data[1], jnp.zeros_like(counts), counts)
+  bits = bits0 ^ bits1
+  mantissa = lax.shift_right_logical(bits, np.uint32(32 - 23)) | np.uint32(0x3F800000)
+  unit = lax.bitcast_convert_type(mantissa, jnp.float32) - np.float32(1.0)
+  low = np.nextafter(np.float32(-1.0), np.float32(0.0))
+  uniform = lax.max(low, unit * (np.float32(1.0) - low) + low)
+  return np.float32(np.sqrt(2.0)) * lax.erf_inv(uniform)
+
+
+def _standard_normal(key, shape, dtype):
+  """Standard normals of `shape`: always exactly `jax.random.normal(key, shape, dtype)`."""
+  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  fast = (dtype == jnp.float32 and key.shape == () and str(jax.random.key_impl(key)) == "threefry2x32"
+          and jax.config.jax_threefry_partitionable and 0 < math.prod(shape) < 2**32)
+  if not fast:
+    return jax.random.normal(key, shape, dtype)
+  return _threefry_normal(jax.random.key_data(key), tuple(shape))

@@ -54,9 +54,22 @@ def _value_and_vjp(loss_fn, use_jit):
   return jax.jit(both) if use_jit else both
 
 
-def _check(loss_fn, ref_fn, logits, labels, use_jit, rtol=RTOL, atol=ATOL, grad_rtol=None, grad_atol=None):
+_COMPILED = {}
+
+
+def _check(loss_fn, ref_fn, logits, labels, use_jit, rtol=RTOL, atol=ATOL, grad_rtol=None, grad_atol=None,
+           cache_key=None):
+  """Library value and cotangent-weighted gradient against the reference.
+
+  `cache_key` names the loss and its hyperparameters, so tests with equal hyperparameters reuse one jitted function
+  (and its compilations) instead of retracing.
+  """
   cot = _cotangent(labels.shape)
-  value, grad = _value_and_vjp(loss_fn, use_jit)(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(cot))
+  if cache_key is None:
+    fn = _value_and_vjp(loss_fn, use_jit)
+  else:
+    fn = _COMPILED.setdefault((cache_key, use_jit), _value_and_vjp(loss_fn, use_jit))
+  value, grad = fn(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(cot))
   want_value, want_grad = ref_fn(logits, labels)[:2]
   chex.assert_shape(value, labels.shape)
   chex.assert_shape(grad, logits.shape)
@@ -171,6 +184,8 @@ def test_noised_topk_loss_is_relu_of_the_mean():
 def test_noised_topk_loss_key_gradient_structure(scale, use_jit):
   shape, k, num_samples = (2, 8, 10), 2, 5
   logits, labels = _inputs(shape, 20)
+  # Half the examples get a confidently right true score: their hinge is inactive.
+  np.put_along_axis(logits[:, ::2], labels[:, ::2, None], 6.0, axis=-1)
 
   def value_and_grad(s, y, key):
     f = lambda x: ntk.noised_topk_loss(x, y, k=k, epsilon=1.0, num_samples=num_samples, key=key, scale=scale)
@@ -247,27 +262,39 @@ def _assert_branches(logits, k, tau, hard_rows):
     assert uses_hard.any() and (~uses_hard).any()
 
 
-SVM_CASES = [((6, 10), 1, 1.0, 1.0), ((6, 10), 2, 0.5, 1.0), ((6, 10), 5, 1.0, 0.5), ((6, 10), 9, 1.0, 1.0),
-             ((2, 3, 10), 3, 0.5, 1.0), ((8, 5), 4, 2.0, 1.0), ((3, 100), 1, 1.0, 1.0), ((3, 100), 2, 0.5, 2.0)]
+# The library's log-space recursion is unrolled per (shape, k): a few shapes and ks keep compile time in check.
+SVM_CASES = [((6, 10), 1, 1.0, 1.0), ((6, 10), 3, 0.5, 1.0), ((6, 10), 3, 1.0, 0.5), ((2, 3, 10), 2, 0.5, 1.0),
+             ((8, 5), 4, 2.0, 1.0), ((3, 100), 2, 0.5, 2.0)]
 
 
 @use_jit_param
-@pytest.mark.parametrize("hard_rows", ["none", "alternate", "all"])
+@pytest.mark.parametrize("hard_rows", ["none", "alternate"])
 @pytest.mark.parametrize("shape,k,tau,alpha", SVM_CASES)
 def test_smooth_topk_svm(shape, k, tau, alpha, hard_rows, use_jit):
+  # "alternate": every other row has its k largest scores boosted past the switch, with the label among them or not.
   logits, labels = _svm_inputs(shape, 30 + k, k, tau, hard_rows)
   _assert_branches(logits, k, tau, hard_rows)
   _check(functools.partial(ntk.smooth_topk_svm_loss, k=k, tau=tau, alpha=alpha),
          lambda s, y: ref.smooth_topk_svm_loss(s, y, k, tau, alpha), logits, labels, use_jit, rtol=SVM_RTOL,
-         atol=SVM_ATOL)
+         atol=SVM_ATOL, cache_key=("svm", k, tau, alpha))
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("k", [1, 3])
+def test_smooth_topk_svm_all_rows_hard(k):
+  logits, labels = _svm_inputs((6, 10), 35 + k, k, 0.1, "all")
+  _assert_branches(logits, k, 0.1, "all")
+  _check(functools.partial(ntk.smooth_topk_svm_loss, k=k, tau=0.1),
+         lambda s, y: ref.smooth_topk_svm_loss(s, y, k, 0.1), logits, labels, True, rtol=SVM_RTOL, atol=SVM_ATOL,
+         cache_key=("svm", k, 0.1, 1.0))
+
+
+@pytest.mark.parametrize("k", [1, 3])
 def test_smooth_topk_svm_small_tau_either_branch(k):
   # tau = 0.1 (the Pl@ntNet setting): the reference decides the branch of every row itself.
-  logits, labels = _inputs((12, 10), 40 + k, scale=1.0)
+  logits, labels = _inputs((6, 10), 40 + k, scale=1.0)
   _check(functools.partial(ntk.smooth_topk_svm_loss, k=k, tau=0.1),
-         lambda s, y: ref.smooth_topk_svm_loss(s, y, k, 0.1), logits, labels, False, rtol=SVM_RTOL, atol=SVM_ATOL)
+         lambda s, y: ref.smooth_topk_svm_loss(s, y, k, 0.1), logits, labels, True, rtol=SVM_RTOL, atol=SVM_ATOL,
+         cache_key=("svm", k, 0.1, 1.0))
 
 
 def test_smooth_topk_svm_default_alpha_and_k1_closed_form():
@@ -308,6 +335,7 @@ def _mm_inputs(shape, seed, compat):
   flat[1, y] = 0.95
   flat[1, other] = 0.95
   # A row with a large positive gap and one with all logits negative (floor at 0 in compat mode).
+  flat[0, flat_labels[0]] = 0.99
   flat[2, flat_labels[2]] = 0.99
   flat[3] = -np.abs(flat[3]) - 0.05
   if compat and n > 5:
@@ -360,7 +388,8 @@ def test_max_margin_compat_reads_first_label_column_and_floors_at_zero():
   np.testing.assert_allclose(gaps_paper, [1.1, -0.3, 0.9], atol=1e-7)
   np.testing.assert_allclose(compat, want_compat, rtol=RTOL, atol=ATOL)
   np.testing.assert_allclose(paper, want_paper, rtol=RTOL, atol=ATOL)
-  assert np.max(np.abs(compat - paper)) > 0.1
+  # The losses are small here (large true logits), so compare relatively: the quirks change them several-fold.
+  assert np.max(np.abs(compat - paper) / paper) > 1.0
 
 
 def test_max_margin_gap_carries_no_gradient():
@@ -426,10 +455,8 @@ def _loss_factories():
                                    lambda s, y: ref.topk_hinge_loss(s, y, 2), 3e-2),
       "noised_topk": noised_factory,
       "noised_topk_imbalanced": noised_imbalanced_factory,
-      "smooth_svm": lambda shape: (functools.partial(ntk.smooth_topk_svm_loss, k=2, tau=1.0),
-                                   lambda s, y: ref.smooth_topk_svm_loss(s, y, 2, 1.0), 5e-2),
-      "smooth_svm_small_tau": lambda shape: (functools.partial(ntk.smooth_topk_svm_loss, k=3, tau=0.1),
-                                             lambda s, y: ref.smooth_topk_svm_loss(s, y, 3, 0.1), 5e-2),
+      "smooth_svm": lambda shape: (functools.partial(ntk.smooth_topk_svm_loss, k=2, tau=0.5),
+                                   lambda s, y: ref.smooth_topk_svm_loss(s, y, 2, 0.5), 5e-2),
       "max_margin": lambda shape: (
           functools.partial(ntk.max_margin_loss, delta_minus=0.5, beta=10.0, scale=5.0),
           lambda s, y: ref.max_margin_loss(s, y, 0.5, 10.0, 5.0), 1.5e-1),
@@ -539,8 +566,8 @@ def test_vmap_matches_batched_call(name):
     args = (jnp.asarray(logits), jnp.asarray(labels), noise)
   else:
     row_fn, in_axes, args = fn, (0, 0), (jnp.asarray(logits), jnp.asarray(labels))
-  mapped_value = jax.vmap(row_fn, in_axes=in_axes)(*args)
-  mapped_grad = jax.vmap(jax.grad(row_fn), in_axes=in_axes)(*args)
+  mapped_value = jax.jit(jax.vmap(row_fn, in_axes=in_axes))(*args)
+  mapped_grad = jax.jit(jax.vmap(jax.grad(row_fn), in_axes=in_axes))(*args)
   chex.assert_trees_all_close(mapped_value.sum(), batched_value, rtol=1e-5, atol=1e-5)
   chex.assert_trees_all_close(mapped_grad, batched_grad, rtol=1e-5, atol=1e-5)
 
@@ -564,11 +591,11 @@ def test_pmap_matches_unmapped(name):
     noise = fn.keywords["noise"]
     per_device = lambda s, y, n: jax.value_and_grad(lambda x: functools.partial(fn, noise=n)(x, y).sum())(s)
     pv, pg = jax.pmap(per_device, in_axes=(0, 0, 1))(jnp.asarray(logits), jnp.asarray(labels), noise)
-    want = [per_device(jnp.asarray(logits[d]), jnp.asarray(labels[d]), noise[:, d]) for d in range(2)]
+    want = [jax.jit(per_device)(jnp.asarray(logits[d]), jnp.asarray(labels[d]), noise[:, d]) for d in range(2)]
   else:
     per_device = lambda s, y: jax.value_and_grad(lambda x: fn(x, y).sum())(s)
     pv, pg = jax.pmap(per_device)(jnp.asarray(logits), jnp.asarray(labels))
-    want = [per_device(jnp.asarray(logits[d]), jnp.asarray(labels[d])) for d in range(2)]
+    want = [jax.jit(per_device)(jnp.asarray(logits[d]), jnp.asarray(labels[d])) for d in range(2)]
   for d in range(2):
     chex.assert_trees_all_close((pv[d], pg[d]), want[d], rtol=1e-5, atol=1e-5)
     # And the per-device result is the reference on that shard.

@@ -462,6 +462,8 @@ def test_converter_rejects_wrong_state_dicts():
   with pytest.raises(ValueError) as info:
     convert.convert_state_dict(sd, "resnet18")
   assert "layer2.0.downsample.1.running_mean" in str(info.value) and "layer2.0.extra.weight" in str(info.value)
+  # The converter keeps its own copies of the .npz conventions (to import without jax); they must agree.
+  assert (convert.ARCH_KEY, convert.HEAD_NAME) == (models.ARCH_KEY, models.HEAD_NAME)
   # DataParallel prefixes are accepted.
   prefixed = {f"module.{k}": v for k, v in _torchvision_state_dict("resnet18").items()}
   assert len(convert.convert_state_dict(prefixed, "resnet18")) == len(convert.expected_torchvision_keys("resnet18"))
