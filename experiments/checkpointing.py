@@ -47,9 +47,11 @@ class Checkpointer:
         json.dump(current, f, indent=2)
 
   def save(self, epoch, state, best_variables, meta):
+    # Host NumPy copies: identical on every process, written once (Orbax refuses host-local pmap arrays in a
+    # multi-process job).
     self.manager.save(epoch, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_state_tree(state)),
-        best=ocp.args.StandardSave(best_variables),
+        state=ocp.args.StandardSave(jax.device_get(_state_tree(state))),
+        best=ocp.args.StandardSave(jax.device_get(best_variables)),
         meta=ocp.args.JsonSave(meta)))
 
   def restore_latest(self, state, best_variables):
@@ -57,10 +59,9 @@ class Checkpointer:
     step = self.manager.latest_step()
     if step is None:
       return None
-    abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
     restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract(_state_tree(state))),
-        best=ocp.args.StandardRestore(abstract(best_variables)),
+        state=ocp.args.StandardRestore(jax.device_get(_state_tree(state))),
+        best=ocp.args.StandardRestore(jax.device_get(best_variables)),
         meta=ocp.args.JsonRestore()))
     tree = restored["state"]
     state = state.replace(step=tree["step"], params=tree["params"], batch_stats=tree["batch_stats"],

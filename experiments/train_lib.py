@@ -198,15 +198,17 @@ def evaluate(p_eval_step, state, dataset, split, *, config, num_local_devices):
 
 
 def _maybe_initialize_distributed(config):
-  if not config.distributed:
+  """Joins the processes of a multi-host job; must run before anything touches a JAX backend."""
+  if not config.distributed or jax.distributed.is_initialized():
     return
   kwargs = {}
   if config.coordinator_address:
     kwargs["coordinator_address"] = config.coordinator_address
   if config.num_processes is not None:
     kwargs.update(num_processes=config.num_processes, process_id=config.process_id)
-  if jax.process_count() == 1 and not getattr(jax.distributed, "is_initialized", lambda: False)():
-    jax.distributed.initialize(**kwargs)
+  # CPU processes exchange collectives through gloo (GPU uses NCCL and TPU its interconnect, chosen by JAX).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kwargs)
 
 
 def create_train_state(config, dataset, steps_per_epoch):

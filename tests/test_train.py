@@ -253,3 +253,41 @@ def test_config_list_prints_every_preset():
   out = _cli("--config=list", timeout=120)
   assert out.returncode == 0
   assert out.stdout.count("python -m experiments.train --config=") == len(configs.PRESETS)
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_two_devices(fashion_dir, tmp_path):
+  """Multi-host path: 2 processes x 1 CPU device (jax.distributed over localhost, gloo collectives), each reading
+  its own half of every global batch, train the same model as 1 process x 2 devices."""
+  args = [f"--data_dir={fashion_dir}", "--imbalance_ratio=10", "--validation_per_class=6", "--epochs=2",
+          "--batch_size=32", "--eval_batch_size=40", "--lr_decay_epochs=1", "--warmup_epochs=1", "--loss=ce",
+          "--normalized_head=false"]
+  single = str(tmp_path / "single")
+  env2 = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  out = _cli(*args, f"--workdir={single}", env=env2)
+  assert out.returncode == 0, out.stderr[-3000:]
+
+  multi = str(tmp_path / "multi")
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.train", *args, f"--workdir={multi}", "--distributed",
+       f"--coordinator_address=localhost:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  with open(os.path.join(single, "results.json")) as f:
+    a = json.load(f)
+  with open(os.path.join(multi, "results.json")) as f:
+    b = json.load(f)
+  assert b["num_processes"] == 2 and b["num_devices"] == 2 and a["num_devices"] == 2
+  np.testing.assert_allclose([r["train"]["loss"] for r in a["history"]],
+                             [r["train"]["loss"] for r in b["history"]], rtol=1e-4)
+  for key in a["test"]:
+    assert abs(a["test"][key] - b["test"][key]) <= 0.02, key
