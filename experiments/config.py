@@ -44,7 +44,7 @@ class Config:
   # Loss.
   loss: str = "noised_imbalanced"
   k: int = 2
-  epsilon: float = 0.01
+  epsilon: float = 0.1
   num_samples: int = 5
   max_margin: float = 0.2
   scale: float = 60.0
@@ -63,15 +63,15 @@ class Config:
   pretrained_weights: Optional[str] = None
   half_precision: bool = False
   # Optimizer and schedule (SGD with momentum, coupled weight decay, linear warm-up, step decay).
-  epochs: int = 12
+  epochs: int = 16
   batch_size: int = 128
   eval_batch_size: int = 500
-  learning_rate: float = 0.05
+  learning_rate: float = 0.2
   momentum: float = 0.9
   nesterov: bool = False
   weight_decay: float = 5e-4
   warmup_epochs: int = 1
-  lr_decay_epochs: Tuple[int, ...] = (8, 11)
+  lr_decay_epochs: Tuple[int, ...] = (10, 14)
   lr_decay_factor: float = 0.1
   # Evaluation, model selection, bookkeeping.
   eval_ks: Tuple[int, ...] = (1, 2, 3)
