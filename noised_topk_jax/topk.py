@@ -37,26 +37,84 @@ def _last_axis_iota(shape):
   return lax.broadcasted_iota(jnp.int32, shape, len(shape) - 1)
 
 
-def _ranked_indices(x, k):
-  """Indices `[..., k]` of the k largest entries along the last axis, in rank order (ties: lowest index first).
+# Up to this many passes are unrolled; more run in a loop (an unrolled pass per rank makes compile time grow with k).
+_UNROLL_PASSES = 16
 
-  k passes; pass j finds the largest entry strictly *after* the previous one in the total order
-  (value descending, index ascending), with two plain reductions (a max over values, then a min over the indices
-  holding that value). Nothing is overwritten with a sentinel, so `-inf` entries are ranked correctly too.
+
+def _ranked_indices(x, k, *, all_ranks, index=None):
+  """Indices of the k largest entries along the last axis in rank order (ties: lowest index first).
+
+  `index` (default: the position along the last axis) gives each entry's index, distinct within a row; it breaks
+  ties and is what is returned. Returns `[..., k]` (all ranks) or `[...]` (the k-th only).
+
+  k passes; pass j finds the largest entry strictly *after* the previous one in the total order (value descending,
+  index ascending) with two plain reductions: a max over the values, then a min over the indices holding that value.
+  Nothing is overwritten with a sentinel, so `-inf` entries are ranked correctly too.
   """
-  num = x.shape[-1]
-  iota = _last_axis_iota(x.shape)
+  if index is None:
+    index = _last_axis_iota(x.shape)
+    none = x.shape[-1]
+  else:
+    none = jnp.iinfo(jnp.int32).max
   neg_inf = jnp.array(-jnp.inf, x.dtype)
-  best = jnp.max(x, axis=-1, keepdims=True)
-  pos = jnp.min(jnp.where(x == best, iota, num), axis=-1, keepdims=True)
-  out = [pos]
-  for _ in range(k - 1):
-    after = (x < best) | ((x == best) & (iota > pos))
+
+  def first():
+    best = jnp.max(x, axis=-1, keepdims=True)
+    return best, jnp.min(jnp.where(x == best, index, none), axis=-1, keepdims=True)
+
+  def following(best, pos):
+    after = (x < best) | ((x == best) & (index > pos))
     best = jnp.max(jnp.where(after, x, neg_inf), axis=-1, keepdims=True)
-    pos = jnp.min(jnp.where(after & (x == best), iota, num), axis=-1, keepdims=True)
-    out.append(pos)
-  # NaN scores have no place in the order; keep the index in range so that later gathers stay defined.
-  return jnp.minimum(jnp.concatenate(out, axis=-1), num - 1)
+    return best, jnp.min(jnp.where(after & (x == best), index, none), axis=-1, keepdims=True)
+
+  best, pos = first()
+  if k <= _UNROLL_PASSES:
+    out = [pos]
+    for _ in range(k - 1):
+      best, pos = following(best, pos)
+      out.append(pos)
+    return jnp.concatenate(out, axis=-1) if all_ranks else pos[..., 0]
+  ranks = jnp.zeros(x.shape[:-1] + (k if all_ranks else 1,), jnp.int32)
+  ranks = lax.dynamic_update_slice_in_dim(ranks, pos, 0, axis=-1)
+
+  def body(j, carry):
+    best, pos, ranks = carry
+    best, pos = following(best, pos)
+    return best, pos, lax.dynamic_update_slice_in_dim(ranks, pos, j if all_ranks else 0, axis=-1)
+
+  _, _, ranks = lax.fori_loop(1, k, body, (best, pos, ranks))
+  return ranks if all_ranks else ranks[..., 0]
+
+
+def _kth_index(x, k):
+  # NaN scores have no place in the order; keep the index in range so that gathers with it stay defined.
+  return jnp.minimum(_ranked_indices(x, k, all_ranks=False), x.shape[-1] - 1)
+
+
+def _nth_lowest_index(mask, n, max_n):
+  """Per row, the n-th lowest index (1-based, `n` in [1, max_n]) at which `mask` is true."""
+  num = mask.shape[-1]
+  iota = _last_axis_iota(mask.shape)
+  pos = jnp.min(jnp.where(mask, iota, num), axis=-1, keepdims=True)
+  if max_n == 1:
+    return pos[..., 0]
+
+  def body(j, carry):
+    pos, found = carry
+    pos = jnp.min(jnp.where(mask & (iota > pos), iota, num), axis=-1, keepdims=True)
+    return pos, jnp.where(n == j, pos, found)
+
+  _, found = lax.fori_loop(2, max_n + 1, body, (pos, pos))
+  return found[..., 0]
+
+
+def _select_kth_from_value(scores, kth_value, k):
+  """Index of the k-th largest entry given its value: the (k - #larger)-th lowest index holding that value."""
+  equal = scores == kth_value
+  rank_among_equal = k - jnp.sum(scores > kth_value, axis=-1, keepdims=True, dtype=jnp.int32)
+  # Without ties at the k-th value (the usual case) this is the first index holding it.
+  return lax.cond(jnp.all(rank_among_equal == 1), lambda: _nth_lowest_index(equal, rank_among_equal, 1),
+                  lambda: _nth_lowest_index(equal, rank_among_equal, k))
 
 
 def _chunk_layout(num_classes, k):
@@ -81,23 +139,23 @@ def _select_kth_chunked(x, k):
   Split the row into G chunks of C entries (the last padded with -inf) and rank the chunks by their best entry.
   Every one of the k largest entries lies in one of the k best chunks: a chunk ranked below k others has k entries
   above its best. So the k-th largest of the row is the k-th largest of those k chunks' k*C entries. The chunks
-  are gathered in index order, so ties between entries still break towards the lower index.
+  keep their indices, so ties between entries still break towards the lower index.
   """
   num_classes = x.shape[-1]
   layout = _chunk_layout(num_classes, k)
   if layout is None:
-    return _ranked_indices(x, k)[..., k - 1]
+    return _kth_index(x, k)
   size, groups = layout
   pad = groups * size - num_classes
   if pad:
     x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (pad,), -jnp.inf, x.dtype)], axis=-1)
   chunk_max = jnp.max(x.reshape(x.shape[:-1] + (groups, size)), axis=-1)
-  chunks = jnp.sort(_ranked_indices(chunk_max, k), axis=-1)  # [..., k], index order
+  chunks = _ranked_indices(chunk_max, k, all_ranks=True)  # [..., k]
   offsets = lax.broadcasted_iota(jnp.int32, chunks.shape + (size,), chunks.ndim)
   candidates = (chunks[..., None] * size + offsets).reshape(chunks.shape[:-1] + (k * size,))
   values = jnp.take_along_axis(x, candidates, axis=-1)
-  pos = _ranked_indices(values, k)[..., k - 1]
-  return _take_last(candidates, pos)
+  # The candidates' own indices break ties, so their order in `values` does not matter.
+  return jnp.minimum(_ranked_indices(values, k, all_ranks=False, index=candidates), num_classes - 1)
 
 
 def _select_kth(scores, k, selection):
@@ -106,16 +164,17 @@ def _select_kth(scores, k, selection):
     _, idx = lax.top_k(scores, k)
     return idx[..., k - 1]
   if selection == "approx_max_k":
-    # recall_target=1.0 makes the TPU algorithm exact; other backends run an exact fallback.
-    _, idx = lax.approx_max_k(scores, k, recall_target=1.0, aggregate_to_topk=True)
-    return idx[..., k - 1].astype(jnp.int32)
+    # recall_target=1.0 makes the TPU algorithm exact (other backends run an exact fallback), but its order among
+    # equal values is unspecified: keep only the k-th value and find its index in the order of `lax.top_k`.
+    values, _ = lax.approx_max_k(scores, k, recall_target=1.0, aggregate_to_topk=True)
+    return _select_kth_from_value(scores, values[..., k - 1:k], k)
   if selection == "sort":
     iota = _last_axis_iota(scores.shape)
     # Sorting the negated scores ascending, with the index as a tie-breaker, ranks equal scores lowest index first.
     _, idx = lax.sort((-scores, iota), dimension=scores.ndim - 1, is_stable=True, num_keys=1)
     return idx[..., k - 1]
   if selection == "max_mask":
-    return _ranked_indices(scores, k)[..., k - 1]
+    return _kth_index(scores, k)
   if selection == "chunked":
     return _select_kth_chunked(scores, k)
   raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}.")  # pragma: no cover

@@ -282,16 +282,17 @@ def test_selection_variants_with_ties_match_reference(selection, k, epsilon, use
   np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("selection", SELECTIONS[1:])
-@pytest.mark.parametrize("shape,k", [((6, 10), 1), ((2, 3, 10), 4), ((4, 100), 7), ((4, 100), 100)])
-def test_selection_variants_identical_with_key(selection, shape, k):
+@pytest.mark.parametrize("shape,k", [((2, 3, 10), 4), ((4, 100), 7)])
+def test_selection_variants_identical_with_key(shape, k):
   scores = jnp.asarray(_scores(shape, 30))
 
   def run(sel):
     f = lambda s: ntk.noised_kth_largest(s, k, epsilon=0.5, num_samples=5, key=jax.random.key(2), selection=sel).sum()
     return jax.jit(jax.value_and_grad(f))(scores)
 
-  chex.assert_trees_all_close(run(selection), run("auto"), rtol=1e-6, atol=1e-6)
+  want = run("auto")
+  for selection in SELECTIONS[1:]:
+    chex.assert_trees_all_close(run(selection), want, rtol=1e-6, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
