@@ -239,9 +239,8 @@ def _check_against_dataset(config, dataset, loss_fn):
   if bad:
     raise ValueError(f"`eval_ks` {bad} exceed the number of classes {num_classes} of {dataset.name}.")
   devices = jax.local_device_count() * jax.process_count()
-  for name in ("batch_size", "eval_batch_size"):
-    if getattr(config, name) % devices:
-      raise ValueError(f"`{name}`={getattr(config, name)} must be divisible by the number of devices ({devices}).")
+  if config.batch_size % devices:
+    raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices ({devices}).")
   # Trace the loss once on abstract inputs: a bad hyperparameter (k >= L, ...) fails now, not after data loading.
   jax.eval_shape(loss_fn, jax.ShapeDtypeStruct((2, num_classes), jnp.float32),
                  jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.key(0))
@@ -254,6 +253,13 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   """
   config = config_lib.validate(config)
   _maybe_initialize_distributed(config)
+  devices = jax.local_device_count() * jax.process_count()
+  if config.eval_batch_size % devices:
+    # Evaluation pads its last batch anyway: round up instead of failing (500 on an 8-device TPU becomes 504).
+    rounded = -(-config.eval_batch_size // devices) * devices
+    logging.info("eval_batch_size %d rounded up to %d, a multiple of the %d devices.", config.eval_batch_size,
+                 rounded, devices)
+    config = config.replace(eval_batch_size=rounded)
   os.makedirs(workdir, exist_ok=True)
   is_chief = jax.process_index() == 0
   num_local_devices = jax.local_device_count()

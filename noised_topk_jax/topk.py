@@ -133,27 +133,44 @@ def _chunk_layout(num_classes, k):
 _MIN_CHUNK = 4
 
 
+def _top_chunk_candidates(chunk_max, k, size, num_classes):
+  """Indices `[..., k*C]` of the entries of the k best chunks, whether each is inside the row, and them clamped."""
+  chunks = _ranked_indices(chunk_max, k, all_ranks=True)  # [..., k]
+  offsets = lax.broadcasted_iota(jnp.int32, chunks.shape + (size,), chunks.ndim)
+  candidates = (chunks[..., None] * size + offsets).reshape(chunks.shape[:-1] + (k * size,))
+  return candidates, candidates < num_classes, jnp.minimum(candidates, num_classes - 1)
+
+
+def _chunk_maxima(values_at, batch, num_classes, size):
+  """Max of every chunk of `size` consecutive entries (the last one may be shorter): `[..., G]`.
+
+  `values_at(start, stop)` returns the entries `[start, stop)` of every row. The row is read as a reshaped block
+  plus a short tail, never padded: XLA:CPU emits a pad or concatenate of a fused producer (the noise generator) as
+  scalar code.
+  """
+  full = (num_classes // size) * size
+  chunk_max = jnp.max(values_at(0, full).reshape(batch + (full // size, size)), axis=-1)
+  if full < num_classes:
+    chunk_max = jnp.concatenate([chunk_max, jnp.max(values_at(full, num_classes), axis=-1, keepdims=True)], axis=-1)
+  return chunk_max
+
+
 def _select_kth_chunked(x, k):
   """Exact k-th largest by a two-level tournament.
 
-  Split the row into G chunks of C entries (the last padded with -inf) and rank the chunks by their best entry.
-  Every one of the k largest entries lies in one of the k best chunks: a chunk ranked below k others has k entries
-  above its best. So the k-th largest of the row is the k-th largest of those k chunks' k*C entries. The chunks
-  keep their indices, so ties between entries still break towards the lower index.
+  Split the row into G chunks of C consecutive entries (the last one may be shorter) and rank the chunks by their
+  best entry. Every one of the k largest entries lies in one of the k best chunks: a chunk ranked below k others has
+  k entries above its best. So the k-th largest of the row is the k-th largest of those k chunks' k*C entries. The
+  candidates keep their indices, so ties between entries still break towards the lower index.
   """
   num_classes = x.shape[-1]
   layout = _chunk_layout(num_classes, k)
   if layout is None:
     return _kth_index(x, k)
-  size, groups = layout
-  pad = groups * size - num_classes
-  if pad:
-    x = jnp.concatenate([x, jnp.full(x.shape[:-1] + (pad,), -jnp.inf, x.dtype)], axis=-1)
-  chunk_max = jnp.max(x.reshape(x.shape[:-1] + (groups, size)), axis=-1)
-  chunks = _ranked_indices(chunk_max, k, all_ranks=True)  # [..., k]
-  offsets = lax.broadcasted_iota(jnp.int32, chunks.shape + (size,), chunks.ndim)
-  candidates = (chunks[..., None] * size + offsets).reshape(chunks.shape[:-1] + (k * size,))
-  values = jnp.take_along_axis(x, candidates, axis=-1)
+  size, _ = layout
+  chunk_max = _chunk_maxima(lambda start, stop: x[..., start:stop], x.shape[:-1], num_classes, size)
+  candidates, inside, clamped = _top_chunk_candidates(chunk_max, k, size, num_classes)
+  values = jnp.where(inside, jnp.take_along_axis(x, clamped, axis=-1), jnp.array(-jnp.inf, x.dtype))
   # The candidates' own indices break ties, so their order in `values` does not matter.
   return jnp.minimum(_ranked_indices(values, k, all_ranks=False, index=candidates), num_classes - 1)
 
@@ -217,28 +234,63 @@ def kth_largest(scores, k, *, selection="auto"):
   return _take_last(scores, idx)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _noised_kth(scores, noise, epsilon, k, selection):
-  value, _ = _noised_kth_fwd(scores, noise, epsilon, k, selection)
-  return value
+# ---------------------------------------------------------------------------------------------------------------------
+# The noised k-th largest: forward selection and custom VJP.
 
 
 def _perturbed_selection(scores, noise, epsilon, k, selection):
-  """Per-sample k-th largest of `scores + epsilon * noise[b]`: values and indices, each `[B, ...]`."""
+  """k-th largest of `scores + epsilon * noise[b]` for every sample b: the values, their indices and the noise there,
+  each `[B, ...]`."""
   cdtype = _checks.compute_dtype(scores.dtype)
-  s = scores.astype(cdtype)
-  eps = jnp.asarray(epsilon, cdtype)
-
-  def one_sample(z):
-    perturbed = s + eps * z.astype(cdtype)
-    idx = _select_kth(perturbed, k, selection)
-    return _take_last(perturbed, idx), idx, _take_last(z.astype(cdtype), idx)
-
-  return jax.vmap(one_sample)(noise)
+  z = noise.astype(cdtype)
+  perturbed = scores.astype(cdtype) + jnp.asarray(epsilon, cdtype) * z
+  idx = _select_kth(perturbed, k, selection)
+  return _take_last(perturbed, idx), idx, _take_last(z, idx)
 
 
-def _noised_kth_fwd(scores, noise, epsilon, k, selection):
-  values, idx, z_selected = _perturbed_selection(scores, noise, epsilon, k, selection)
+def _keyed_selection(scores, key_data, epsilon, k, num_samples, selection):
+  """`_perturbed_selection` with the draws `jax.random.normal(key, (B, *scores.shape))` of a Threefry key.
+
+  With "chunked" the draws are never materialized: the generator runs fused into the chunk maxima, and again for the
+  few candidate entries only (the same counters give the same numbers).
+  """
+  shape = (num_samples,) + tuple(scores.shape)
+  layout = _chunk_layout(scores.shape[-1], k) if selection == "chunked" else None
+  if layout is None:
+    return _perturbed_selection(scores, _threefry_normal(key_data, shape), epsilon, k, selection)
+  scores = scores.astype(jnp.float32)
+  eps = jnp.asarray(epsilon, jnp.float32)
+  batch, num_classes = scores.shape[:-1], scores.shape[-1]
+  rows = math.prod(batch)
+  s = scores.reshape(rows, num_classes)
+  samples_rows = (num_samples, rows)
+  # Counter of the first entry of every (sample, row): draws are numbered row-major over [B, rows, L].
+  first = (lax.broadcasted_iota(jnp.uint32, samples_rows, 0) * np.uint32(rows)
+           + lax.broadcasted_iota(jnp.uint32, samples_rows, 1)) * np.uint32(num_classes)
+
+  def perturbed(s_part, positions):
+    z = _threefry_normal_at(key_data, first[..., None] + positions.astype(jnp.uint32))
+    return s_part + eps * z, z
+
+  def values_at(start, stop):
+    positions = lax.broadcasted_iota(jnp.int32, samples_rows + (stop - start,), 2) + start
+    return perturbed(s[:, start:stop], positions)[0]
+
+  size, _ = layout
+  chunk_max = _chunk_maxima(values_at, samples_rows, num_classes, size)
+  candidates, inside, clamped = _top_chunk_candidates(chunk_max, k, size, num_classes)
+  values, z = perturbed(jnp.take_along_axis(jnp.broadcast_to(s, samples_rows + (num_classes,)), clamped, axis=-1),
+                        clamped)
+  values = jnp.where(inside, values, -jnp.inf)
+  idx = _ranked_indices(values, k, all_ranks=False, index=candidates)
+  chosen = candidates == idx[..., None]  # candidate indices are distinct: one entry per row
+  out = (jnp.sum(jnp.where(chosen, values, 0.0), axis=-1), jnp.minimum(idx, num_classes - 1),
+         jnp.sum(jnp.where(chosen, z, 0.0), axis=-1))
+  return tuple(x.reshape((num_samples,) + batch) for x in out)
+
+
+def _fwd_output(scores, epsilon, selected):
+  values, idx, z_selected = selected
   value = jnp.mean(values, axis=0).astype(scores.dtype)
   # Only the selected positions (and the noise there, for d/d epsilon) are kept for the backward pass, not the
   # perturbed [B, ..., L] tensor.
@@ -247,8 +299,7 @@ def _noised_kth_fwd(scores, noise, epsilon, k, selection):
   return value, (idx, z_selected, marker, jnp.asarray(epsilon))
 
 
-def _noised_kth_bwd(k, selection, residuals, g):
-  del k, selection
+def _bwd_grads(residuals, g):
   idx, z_selected, dtype_marker, epsilon = residuals
   num_samples, num_classes = idx.shape[0], dtype_marker.shape[0]
   cdtype = _checks.compute_dtype(dtype_marker.dtype)
@@ -262,10 +313,47 @@ def _noised_kth_bwd(k, selection, residuals, g):
   grad_eps = jnp.sum(g_c * jnp.mean(z_selected, axis=0))
   grad_eps = jnp.broadcast_to(grad_eps, epsilon.shape).astype(epsilon.dtype) if jnp.issubdtype(
       epsilon.dtype, jnp.floating) else None
+  return grad_scores, grad_eps
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _noised_kth(scores, noise, epsilon, k, selection):
+  return _noised_kth_fwd(scores, noise, epsilon, k, selection)[0]
+
+
+def _noised_kth_fwd(scores, noise, epsilon, k, selection):
+  return _fwd_output(scores, epsilon, _perturbed_selection(scores, noise, epsilon, k, selection))
+
+
+def _noised_kth_bwd(k, selection, residuals, g):
+  del k, selection
+  grad_scores, grad_eps = _bwd_grads(residuals, g)
   return grad_scores, None, grad_eps
 
 
 _noised_kth.defvjp(_noised_kth_fwd, _noised_kth_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _noised_kth_keyed(scores, key_data, epsilon, k, num_samples, selection):
+  return _noised_kth_keyed_fwd(scores, key_data, epsilon, k, num_samples, selection)[0]
+
+
+def _noised_kth_keyed_fwd(scores, key_data, epsilon, k, num_samples, selection):
+  return _fwd_output(scores, epsilon, _keyed_selection(scores, key_data, epsilon, k, num_samples, selection))
+
+
+def _noised_kth_keyed_bwd(k, num_samples, selection, residuals, g):
+  del k, num_samples, selection
+  grad_scores, grad_eps = _bwd_grads(residuals, g)
+  return grad_scores, None, grad_eps
+
+
+_noised_kth_keyed.defvjp(_noised_kth_keyed_fwd, _noised_kth_keyed_bwd)
+
+# Compiled as a whole also when called eagerly (under an outer `jit` they are inlined).
+_noised_kth_jit = jax.jit(_noised_kth, static_argnums=(3, 4))
+_noised_kth_keyed_jit = jax.jit(_noised_kth_keyed, static_argnums=(3, 4, 5))
 
 
 def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=None, selection="auto"):
@@ -312,13 +400,19 @@ def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=
   k = _checks.check_int(k, "k", minimum=1, maximum=num_classes, maximum_doc=f"the number of classes L={num_classes}")
   _checks.check_scalar(epsilon, "epsilon")
   _checks.check_nonnegative(epsilon, "epsilon")
-  noise = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise)
   selection = _resolve_selection(selection, k)
-  return _noised_kth(scores, lax.stop_gradient(noise), epsilon, k, selection)
+  noise, key_data, num_samples = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise)
+  if key_data is not None:
+    return _noised_kth_keyed_jit(scores, key_data, epsilon, k, num_samples, selection)
+  return _noised_kth_jit(scores, lax.stop_gradient(noise), epsilon, k, selection)
 
 
 def _resolve_noise(scores, *, num_samples, key, noise):
-  """Returns the `[B, *scores.shape]` standard-normal draws from exactly one of `key` and `noise`."""
+  """The draws from exactly one of `key` and `noise`: `(noise, key_data, B)`.
+
+  `key_data` (the `uint32[2]` data of a Threefry key) is set, and `noise` None, when the library's fused generator can
+  draw the same numbers as `jax.random.normal(key, (B, *scores.shape))`; otherwise `noise` holds the draws.
+  """
   if (key is None) == (noise is None):
     raise ValueError("Exactly one of `key` and `noise` must be given "
                      f"(got key={'None' if key is None else 'a key'}, noise={'None' if noise is None else 'an array'}).")
@@ -326,8 +420,12 @@ def _resolve_noise(scores, *, num_samples, key, noise):
     if num_samples is None:
       raise ValueError("`num_samples` is required when `key` is given.")
     num_samples = _checks.check_int(num_samples, "num_samples", minimum=1)
+    shape = (num_samples,) + tuple(scores.shape)
     cdtype = _checks.compute_dtype(scores.dtype)
-    return _standard_normal(key, (num_samples,) + tuple(scores.shape), cdtype)
+    key_data = _threefry_key_data(key, shape, cdtype)
+    if key_data is not None:
+      return None, key_data, num_samples
+    return jax.random.normal(key, shape, cdtype), None, num_samples
   if not hasattr(noise, "shape"):
     noise = jnp.asarray(noise)
   if not jnp.issubdtype(noise.dtype, jnp.floating):
@@ -339,7 +437,7 @@ def _resolve_noise(scores, *, num_samples, key, noise):
     num_samples = _checks.check_int(num_samples, "num_samples", minimum=1)
     if num_samples != noise.shape[0]:
       raise ValueError(f"`num_samples`={num_samples} does not match noise.shape[0]={noise.shape[0]}.")
-  return noise
+  return noise, None, noise.shape[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -372,15 +470,14 @@ def _threefry2x32(key0, key1, x0, x1):
   return x0, x1
 
 
-@functools.partial(jax.jit, static_argnums=(1,))
-def _threefry_normal(key_data, shape):
-  """`jax.random.normal(key, shape, float32)` for a Threefry key given by its data `uint32[2]`, bit for bit.
+def _threefry_normal_at(key_data, counts):
+  """Entries `counts` (uint32, row-major positions) of `jax.random.normal(key, shape, float32)`, bit for bit, for the
+  Threefry key with data `key_data` (`uint32[2]`) and any `shape` with fewer than 2**32 entries.
 
-  JAX's partitionable Threefry draws element i (row-major) from the counter pair (hi, lo) = (i >> 32, i & 0xffffffff)
-  and keeps the XOR of the two output words; the float conversion fills the mantissa of a number in [1, 2), maps it to
+  JAX's partitionable Threefry draws entry i from the counter pair (hi, lo) = (i >> 32, i & 0xffffffff) and keeps the
+  XOR of the two output words; the float conversion fills the mantissa of a number in [1, 2), maps it to
   [nextafter(-1, 0), 1) and applies sqrt(2) * erfinv.
   """
-  counts = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
   bits0, bits1 = _threefry2x32(key_data[0], key_data[1], jnp.zeros_like(counts), counts)
   bits = bits0 ^ bits1
   mantissa = lax.shift_right_logical(bits, np.uint32(32 - 23)) | np.uint32(0x3F800000)
@@ -390,12 +487,31 @@ def _threefry_normal(key_data, shape):
   return np.float32(np.sqrt(2.0)) * lax.erf_inv(uniform)
 
 
+@functools.partial(jax.jit, static_argnums=(1,))
+def _threefry_normal(key_data, shape):
+  """`jax.random.normal(key, shape, float32)` for the Threefry key with data `key_data`, bit for bit."""
+  return _threefry_normal_at(key_data, lax.iota(jnp.uint32, math.prod(shape)).reshape(shape))
+
+
+def _threefry_key_data(key, shape, dtype):
+  """The `uint32[2]` data of `key` when `_threefry_normal` reproduces `jax.random.normal(key, shape, dtype)`, else
+  None (other key implementations, dtypes other than float32, JAX's non-partitionable Threefry mode, 2**32 draws or
+  more, a batch of keys)."""
+  if dtype != jnp.float32 or not jax.config.jax_threefry_partitionable or not 0 < math.prod(shape) < 2**32:
+    return None
+  try:
+    if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+      key = jax.random.wrap_key_data(key)  # a raw uint32 key: the default implementation, as in jax.random.normal
+    if key.shape != () or str(jax.random.key_impl(key)) != "threefry2x32":
+      return None
+    return jax.random.key_data(key)
+  except (TypeError, ValueError, AttributeError):
+    return None  # not a key jax.random accepts; jax.random.normal will say why
+
+
 def _standard_normal(key, shape, dtype):
-  """Standard normals of `shape`: always exactly `jax.random.normal(key, shape, dtype)`."""
-  if not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    key = jax.random.wrap_key_data(key)
-  fast = (dtype == jnp.float32 and key.shape == () and str(jax.random.key_impl(key)) == "threefry2x32"
-          and jax.config.jax_threefry_partitionable and 0 < math.prod(shape) < 2**32)
-  if not fast:
+  """`jax.random.normal(key, shape, dtype)`, by the library's generator where it applies."""
+  key_data = _threefry_key_data(key, tuple(shape), dtype)
+  if key_data is None:
     return jax.random.normal(key, shape, dtype)
-  return _threefry_normal(jax.random.key_data(key), tuple(shape))
+  return _threefry_normal(key_data, tuple(shape))

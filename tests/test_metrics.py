@@ -36,8 +36,10 @@ def _maybe_jit(fn, use_jit):
   return jax.jit(fn) if use_jit else fn
 
 
-CASES = [((50, 10), 1), ((50, 10), 3), ((50, 10), 10), ((2, 3, 10), 2), ((40, 100), 5), ((64, 5), 4)]
+CASES = [((50, 10), 1), ((50, 10), 10), ((2, 3, 10), 2), ((40, 100), 5), ((64, 5), 4)]
 KINDS = ["normal", "tied", "constant"]
+# Un-jitted runs on the tied inputs only: eager dispatch costs a compile per new shape.
+KIND_MODES = [("normal", True), ("tied", False), ("tied", True), ("constant", True)]
 
 
 def test_reference_tie_rule_is_the_rank_count():
@@ -48,8 +50,7 @@ def test_reference_tie_rule_is_the_rank_count():
       np.testing.assert_array_equal(ref.topk_correct(logits, labels, k), ref.topk_correct_by_counting(logits, labels, k))
 
 
-@use_jit_param
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,use_jit", KIND_MODES)
 @pytest.mark.parametrize("shape,k", CASES)
 def test_topk_accuracy(shape, k, kind, use_jit):
   logits, labels = _inputs(shape, k, kind)
@@ -76,9 +77,8 @@ def test_ties_hand_checked():
   np.testing.assert_allclose(float(ntk.topk_accuracy(logits, labels, k=2)), 1.0, atol=1e-7)
 
 
-@use_jit_param
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("shape,k", CASES)
+@pytest.mark.parametrize("kind,use_jit", [("normal", True), ("tied", False), ("constant", True)])
+@pytest.mark.parametrize("shape,k", CASES[1:4])
 def test_per_class_and_macro_accuracy(shape, k, kind, use_jit):
   num_classes = shape[-1] + 3  # the last three classes never occur: NaN
   logits, labels = _inputs(shape, 10 + k, kind)
@@ -108,8 +108,7 @@ def test_macro_differs_from_micro_on_imbalanced_labels():
 # Streaming counts.
 
 
-@use_jit_param
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind,use_jit", KIND_MODES)
 @pytest.mark.parametrize("shape,k", [((50, 10), 3), ((2, 3, 10), 2), ((40, 100), 5)])
 def test_per_class_topk_counts(shape, k, kind, use_jit):
   num_classes = shape[-1]

@@ -11,8 +11,15 @@ import pytest
 import noised_topk_jax as ntk
 from tests import reference as ref
 
-SELECTIONS = ("auto", "top_k", "sort", "max_mask")
+SPEC_SELECTIONS = ("auto", "top_k", "sort", "max_mask")
+# Any further variants the library offers must agree as well.
+SELECTIONS = SPEC_SELECTIONS + tuple(s for s in getattr(ntk, "SELECTIONS", ()) if s not in SPEC_SELECTIONS)
 use_jit_param = pytest.mark.parametrize("use_jit", [False, True], ids=["eager", "jit"])
+
+
+def _with_modes(cases, eager=(0,)):
+  """Every case jitted; the cases at indices `eager` also un-jitted (eager dispatch is slow on new shapes)."""
+  return [case + (use_jit,) for i, case in enumerate(cases) for use_jit in ((False, True) if i in eager else (True,))]
 
 # float32 library against the float64 reference: the noised value is a mean of selected float32 entries.
 RTOL, ATOL = 1e-5, 1e-5
@@ -43,12 +50,10 @@ def _value_and_vjp(fn, use_jit):
 # ---------------------------------------------------------------------------------------------------------------------
 # Hard k-th largest.
 
-HARD_CASES = [((10,), 1), ((10,), 10), ((6, 10), 1), ((6, 10), 4), ((2, 3, 10), 3), ((4, 100), 1), ((4, 100), 17),
-              ((4, 100), 100), ((5, 2), 2)]
+HARD_CASES = [((10,), 10), ((6, 10), 1), ((2, 3, 10), 3), ((4, 100), 17), ((4, 100), 100), ((5, 2), 2)]
 
 
-@use_jit_param
-@pytest.mark.parametrize("shape,k", HARD_CASES)
+@pytest.mark.parametrize("shape,k,use_jit", _with_modes(HARD_CASES, eager=(0, 2, 3)))
 def test_kth_largest_matches_sort(shape, k, use_jit):
   scores = _scores(shape, seed=k + len(shape))
   cot = _scores(shape[:-1], seed=7)
@@ -81,12 +86,11 @@ def test_kth_largest_ties_follow_lax_top_k(k, use_jit):
 # ---------------------------------------------------------------------------------------------------------------------
 # Noised k-th largest with explicit noise: deterministic, compared with the reference almost exactly.
 
-NOISED_CASES = [((10,), 1, 0.5, 3), ((6, 10), 1, 1.0, 5), ((6, 10), 3, 0.3, 1), ((2, 3, 10), 2, 1.0, 4),
-                ((4, 100), 5, 0.7, 6), ((4, 100), 100, 2.0, 3), ((3, 2), 1, 1.0, 8)]
+NOISED_CASES = [((10,), 1, 0.5, 3), ((6, 10), 3, 0.3, 1), ((2, 3, 10), 2, 1.0, 4), ((4, 100), 5, 0.7, 6),
+                ((4, 100), 100, 2.0, 3), ((3, 2), 1, 1.0, 8)]
 
 
-@use_jit_param
-@pytest.mark.parametrize("shape,k,epsilon,num_samples", NOISED_CASES)
+@pytest.mark.parametrize("shape,k,epsilon,num_samples,use_jit", _with_modes(NOISED_CASES, eager=(2,)))
 def test_noised_kth_largest_explicit_noise_matches_reference(shape, k, epsilon, num_samples, use_jit):
   scores = _scores(shape, seed=k)
   noise = _noise(num_samples, shape, seed=k)
@@ -101,11 +105,10 @@ def test_noised_kth_largest_explicit_noise_matches_reference(shape, k, epsilon, 
   np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=1e-6, atol=1e-6)
 
 
-@use_jit_param
-def test_noised_gradient_rows_are_mean_of_onehots(use_jit):
+def test_noised_gradient_rows_are_mean_of_onehots():
   shape, k, epsilon, num_samples = (5, 10), 3, 1.0, 4
   scores, noise = _scores(shape, 3), _noise(num_samples, shape, 3)
-  fn = _value_and_vjp(lambda s, n: ntk.noised_kth_largest(s, k, epsilon=epsilon, noise=n), use_jit)
+  fn = _value_and_vjp(lambda s, n: ntk.noised_kth_largest(s, k, epsilon=epsilon, noise=n), True)
   _, grad = fn(jnp.asarray(scores), jnp.ones(shape[:-1], jnp.float32), jnp.asarray(noise))
   onehots = np.zeros(shape)
   for b in range(num_samples):
@@ -118,21 +121,21 @@ def test_noised_gradient_rows_are_mean_of_onehots(use_jit):
 def test_noised_num_samples_may_be_given_with_noise():
   shape, num_samples = (3, 10), 5
   scores, noise = jnp.asarray(_scores(shape, 0)), jnp.asarray(_noise(num_samples, shape, 0))
-  without = ntk.noised_kth_largest(scores, 2, epsilon=0.5, noise=noise)
-  with_b = ntk.noised_kth_largest(scores, 2, epsilon=0.5, noise=noise, num_samples=num_samples)
+  without = jax.jit(lambda s, n: ntk.noised_kth_largest(s, 2, epsilon=0.5, noise=n))(scores, noise)
+  with_b = jax.jit(lambda s, n: ntk.noised_kth_largest(s, 2, epsilon=0.5, noise=n, num_samples=num_samples))(
+      scores, noise)
   chex.assert_trees_all_close(without, with_b, rtol=0, atol=0)
 
 
 def test_noise_gets_no_gradient():
   shape = (4, 10)
   scores, noise = jnp.asarray(_scores(shape, 1)), jnp.asarray(_noise(3, shape, 1))
-  grad_noise = jax.grad(lambda n: ntk.noised_kth_largest(scores, 2, epsilon=1.0, noise=n).sum())(noise)
+  grad_noise = jax.jit(jax.grad(lambda n: ntk.noised_kth_largest(scores, 2, epsilon=1.0, noise=n).sum()))(noise)
   chex.assert_shape(grad_noise, noise.shape)
   np.testing.assert_array_equal(np.asarray(grad_noise), np.zeros(noise.shape))
 
 
-@use_jit_param
-@pytest.mark.parametrize("mode", ["noise", "key"])
+@pytest.mark.parametrize("mode,use_jit", [("noise", False), ("noise", True), ("key", True)])
 def test_epsilon_zero_is_hard_topk(mode, use_jit):
   shape, k, num_samples = (2, 3, 10), 4, 3
   scores = _scores(shape, 5)
@@ -153,9 +156,8 @@ def test_epsilon_zero_is_hard_topk(mode, use_jit):
 # Noised k-th largest with a PRNG key: statistical checks.
 
 
-@use_jit_param
-@pytest.mark.parametrize("shape,k,num_samples", [((6, 10), 1, 1), ((6, 10), 3, 8), ((2, 3, 10), 2, 5),
-                                                 ((4, 100), 5, 16)])
+@pytest.mark.parametrize("shape,k,num_samples,use_jit", [((6, 10), 1, 1, True), ((2, 3, 10), 2, 5, False),
+                                                         ((4, 100), 5, 16, True)])
 def test_key_gradient_rows_sum_to_one_and_are_multiples_of_one_over_b(shape, k, num_samples, use_jit):
   scores = _scores(shape, 2)
 
@@ -176,8 +178,7 @@ def test_key_gradient_rows_sum_to_one_and_are_multiples_of_one_over_b(shape, k, 
     assert np.any((grad > 0) & (grad < 1))
 
 
-@use_jit_param
-def test_key_gradient_is_the_derivative_of_the_same_draws(use_jit):
+def test_key_gradient_is_the_derivative_of_the_same_draws():
   # In float64 the Monte Carlo value is piecewise linear; along a tiny step no argmax changes, so
   # (f(s + t v) - f(s)) / t must equal <grad, v> exactly when forward and backward use the same noise draws.
   with jax.enable_x64(True):
@@ -187,7 +188,7 @@ def test_key_gradient_is_the_derivative_of_the_same_draws(use_jit):
     direction = jnp.asarray(rng.standard_normal(shape))
     key = jax.random.key(9)
     f = lambda s: ntk.noised_kth_largest(s, k, epsilon=1.0, num_samples=num_samples, key=key)
-    fn = _value_and_vjp(f, use_jit)
+    fn = _value_and_vjp(f, True)
     value, grad = fn(scores, jnp.ones(shape[:-1], jnp.float64))
     moved, _ = fn(scores + t * direction, jnp.ones(shape[:-1], jnp.float64))
     assert value.dtype == jnp.float64 and grad.dtype == jnp.float64
@@ -197,7 +198,7 @@ def test_key_gradient_is_the_derivative_of_the_same_draws(use_jit):
 
 def test_key_is_deterministic_and_keys_differ():
   scores = jnp.asarray(_scores((4, 10), 8))
-  f = lambda key: ntk.noised_kth_largest(scores, 2, epsilon=1.0, num_samples=4, key=key)
+  f = jax.jit(lambda key: ntk.noised_kth_largest(scores, 2, epsilon=1.0, num_samples=4, key=key))
   chex.assert_trees_all_close(f(jax.random.key(1)), f(jax.random.key(1)), rtol=0, atol=0)
   assert np.max(np.abs(np.asarray(f(jax.random.key(1)) - f(jax.random.key(2))))) > 1e-3
 
@@ -206,8 +207,8 @@ def test_key_is_deterministic_and_keys_differ():
 def test_key_small_epsilon_recovers_hard_value(epsilon):
   shape, k = (2, 3, 10), 3
   scores = _scores(shape, 12)
-  value, grad = jax.value_and_grad(
-      lambda s: ntk.noised_kth_largest(s, k, epsilon=epsilon, num_samples=8, key=jax.random.key(0)).sum())(
+  value, grad = jax.jit(jax.value_and_grad(
+      lambda s: ntk.noised_kth_largest(s, k, epsilon=epsilon, num_samples=8, key=jax.random.key(0)).sum()))(
           jnp.asarray(scores))
   want_value, want_grad = ref.kth_largest(scores, k)
   # The smallest gap between sorted entries is far above 1e-6, so every draw selects the hard position.
@@ -267,23 +268,22 @@ def _tied_inputs():
   return scores, noise
 
 
-@use_jit_param
-@pytest.mark.parametrize("selection", SELECTIONS)
-@pytest.mark.parametrize("k", [1, 3, 8])
-@pytest.mark.parametrize("epsilon", [0.0, 1.0])
-def test_selection_variants_with_ties_match_reference(selection, k, epsilon, use_jit):
+@pytest.mark.parametrize("k,epsilon,use_jit", [(1, 0.0, True), (3, 0.0, True), (8, 0.0, True), (3, 1.0, False),
+                                               (3, 1.0, True)])
+def test_selection_variants_with_ties_match_reference(k, epsilon, use_jit):
   scores, noise = _tied_inputs()
   cot = _scores(scores.shape[:-1], 3)
-  fn = _value_and_vjp(lambda s, n: ntk.noised_kth_largest(s, k, epsilon=epsilon, noise=n, selection=selection),
-                      use_jit)
-  value, grad = fn(jnp.asarray(scores), jnp.asarray(cot), jnp.asarray(noise))
   want_value, want_grad = ref.noised_kth_largest(scores, k, epsilon, noise)
-  np.testing.assert_allclose(np.asarray(value), want_value, rtol=1e-6, atol=1e-6)
-  np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=1e-6, atol=1e-6)
+  for selection in SELECTIONS:
+    fn = _value_and_vjp(lambda s, n: ntk.noised_kth_largest(s, k, epsilon=epsilon, noise=n, selection=selection),
+                        use_jit)
+    value, grad = fn(jnp.asarray(scores), jnp.asarray(cot), jnp.asarray(noise))
+    np.testing.assert_allclose(np.asarray(value), want_value, rtol=1e-6, atol=1e-6, err_msg=selection)
+    np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=1e-6, atol=1e-6, err_msg=selection)
 
 
-@pytest.mark.parametrize("shape,k", [((2, 3, 10), 4), ((4, 100), 7)])
-def test_selection_variants_identical_with_key(shape, k):
+def test_selection_variants_identical_with_key():
+  shape, k = (2, 3, 10), 4
   scores = jnp.asarray(_scores(shape, 30))
 
   def run(sel):
@@ -303,13 +303,13 @@ def test_vmap_matches_batched_call():
   shape, k, num_samples = (5, 10), 3, 4
   scores, noise = jnp.asarray(_scores(shape, 40)), jnp.asarray(_noise(num_samples, shape, 40))
   f = lambda s, n: ntk.noised_kth_largest(s, k, epsilon=0.7, noise=n)
-  batched = f(scores, noise)
-  mapped = jax.vmap(f, in_axes=(0, 1))(scores, noise)
+  batched = jax.jit(f)(scores, noise)
+  mapped = jax.jit(jax.vmap(f, in_axes=(0, 1)))(scores, noise)
   chex.assert_trees_all_close(mapped, batched, rtol=1e-6, atol=1e-6)
-  grads_batched = jax.grad(lambda s: f(s, noise).sum())(scores)
-  grads_mapped = jax.vmap(jax.grad(f), in_axes=(0, 1))(scores, noise)
+  grads_batched = jax.jit(jax.grad(lambda s, n: f(s, n).sum()))(scores, noise)
+  grads_mapped = jax.jit(jax.vmap(jax.grad(f), in_axes=(0, 1)))(scores, noise)
   chex.assert_trees_all_close(grads_mapped, grads_batched, rtol=1e-6, atol=1e-6)
-  hard = jax.vmap(lambda s: ntk.kth_largest(s, k))(scores)
+  hard = jax.jit(jax.vmap(lambda s: ntk.kth_largest(s, k)))(scores)
   chex.assert_trees_all_close(hard, ntk.kth_largest(scores, k), rtol=0, atol=0)
 
 
@@ -317,31 +317,35 @@ def test_vmap_over_keys():
   scores = jnp.asarray(_scores((3, 10), 41))
   keys = jax.random.split(jax.random.key(0), 4)
   f = lambda key: ntk.noised_kth_largest(scores, 2, epsilon=1.0, num_samples=6, key=key)
-  mapped = jax.vmap(f)(keys)
+  mapped = jax.jit(jax.vmap(f))(keys)
+  f = jax.jit(f)
   chex.assert_shape(mapped, (4, 3))
   looped = jnp.stack([f(key) for key in keys])
   chex.assert_trees_all_close(mapped, looped, rtol=1e-6, atol=1e-6)
 
 
-def test_pmap_matches_unmapped():
+def test_pmap_matches_reference():
   assert jax.device_count() == 2
   shape, k, num_samples = (2, 3, 10), 2, 4
-  scores, noise = jnp.asarray(_scores(shape, 50)), jnp.asarray(_noise(num_samples, shape, 50))
+  scores, noise = _scores(shape, 50), _noise(num_samples, shape, 50)
 
   def value_and_grad(s, n):
     return jax.value_and_grad(lambda x: ntk.noised_kth_largest(x, k, epsilon=0.5, noise=n).sum())(s)
 
-  pv, pg = jax.pmap(value_and_grad, in_axes=(0, 1))(scores, noise)
+  pv, pg = jax.pmap(value_and_grad, in_axes=(0, 1))(jnp.asarray(scores), jnp.asarray(noise))
+  hard = jax.pmap(lambda s: ntk.kth_largest(s, k))(jnp.asarray(scores))
   for d in range(2):
-    v, g = value_and_grad(scores[d], noise[:, d])
-    chex.assert_trees_all_close((pv[d], pg[d]), (v, g), rtol=1e-6, atol=1e-6)
-  hard = jax.pmap(lambda s: ntk.kth_largest(s, k))(scores)
-  chex.assert_trees_all_close(hard, ntk.kth_largest(scores, k), rtol=0, atol=0)
+    want_value, want_grad = ref.noised_kth_largest(scores[d], k, 0.5, noise[:, d])
+    np.testing.assert_allclose(float(pv[d]), want_value.sum(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(pg[d]), want_grad, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(hard[d]), ref.kth_largest(scores[d], k)[0])
+  # With keys: each device's result is the unmapped call with that device's key.
   keys = jax.random.split(jax.random.key(3), 2)
-  keyed = jax.pmap(lambda s, key: ntk.noised_kth_largest(s, k, epsilon=0.5, num_samples=4, key=key))(scores, keys)
+  keyed_fn = lambda s, key: ntk.noised_kth_largest(s, k, epsilon=0.5, num_samples=4, key=key)
+  keyed = jax.pmap(keyed_fn)(jnp.asarray(scores), keys)
+  unmapped = jax.jit(keyed_fn)
   for d in range(2):
-    want = ntk.noised_kth_largest(scores[d], k, epsilon=0.5, num_samples=4, key=keys[d])
-    chex.assert_trees_all_close(keyed[d], want, rtol=1e-6, atol=1e-6)
+    chex.assert_trees_all_close(keyed[d], unmapped(jnp.asarray(scores[d]), keys[d]), rtol=1e-6, atol=1e-6)
 
 
 @use_jit_param
@@ -363,21 +367,20 @@ def test_bfloat16_preserved(use_jit):
   assert keyed.dtype == jnp.bfloat16
 
 
-@use_jit_param
-def test_float64_preserved_under_x64(use_jit):
+def test_float64_preserved_under_x64():
   shape, k, num_samples = (2, 3, 10), 2, 5
   with jax.enable_x64(True):
     scores = np.random.default_rng(70).standard_normal(shape)
     noise = np.random.default_rng(71).standard_normal((num_samples,) + shape)
     cot = np.random.default_rng(72).standard_normal(shape[:-1])
-    fn = _value_and_vjp(lambda s, n: ntk.noised_kth_largest(s, k, epsilon=0.3, noise=n), use_jit)
+    fn = _value_and_vjp(lambda s, n: ntk.noised_kth_largest(s, k, epsilon=0.3, noise=n), True)
     value, grad = fn(jnp.asarray(scores), jnp.asarray(cot), jnp.asarray(noise))
     assert value.dtype == jnp.float64 and grad.dtype == jnp.float64
     want_value, want_grad = ref.noised_kth_largest(scores, k, 0.3, noise)
     np.testing.assert_allclose(np.asarray(value), want_value, rtol=1e-13, atol=1e-13)
     np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=1e-13, atol=1e-13)
-    assert ntk.kth_largest(jnp.asarray(scores), k).dtype == jnp.float64
-    keyed = ntk.noised_kth_largest(jnp.asarray(scores), k, epsilon=0.3, num_samples=3, key=jax.random.key(0))
+    assert jax.jit(lambda s: ntk.kth_largest(s, k))(scores).dtype == jnp.float64
+    keyed = jax.jit(lambda s: ntk.noised_kth_largest(s, k, epsilon=0.3, num_samples=3, key=jax.random.key(0)))(scores)
     assert keyed.dtype == jnp.float64
   # Nothing leaks out of the context.
   assert jnp.asarray(1.0).dtype == jnp.float32
@@ -431,6 +434,6 @@ def test_bad_inputs_raise_naming_the_parameter(case, use_jit):
 
 def test_largest_allowed_k_is_accepted():
   s = jnp.asarray(_scores((3, 5), 0))
-  np.testing.assert_array_equal(np.asarray(ntk.kth_largest(s, 5)), np.min(np.asarray(s), axis=-1))
-  v = ntk.noised_kth_largest(s, 5, epsilon=0.0, num_samples=2, key=jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(jax.jit(lambda x: ntk.kth_largest(x, 5))(s)), np.min(np.asarray(s), axis=-1))
+  v = jax.jit(lambda x: ntk.noised_kth_largest(x, 5, epsilon=0.0, num_samples=2, key=jax.random.key(0)))(s)
   np.testing.assert_allclose(np.asarray(v), np.min(np.asarray(s), axis=-1), rtol=0, atol=1e-7)
