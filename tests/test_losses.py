@@ -149,7 +149,7 @@ def test_topk_hinge_loss(shape, k, margin_kind, use_jit):
 
 
 def test_topk_hinge_loss_ties_and_zero_hinge():
-  logits = np.array([[3., 2., 2., 0.], [1., 1., 1., 1.], [0., 2., 2., 2.], [3., 1., 0., 2.]], np.float32)
+  logits = np.array([[2.5, 2., 2., 0.], [1., 1., 1., 1.], [0., 2., 2., 2.], [3., 1., 0., 2.]], np.float32)
   labels = np.array([0, 2, 0, 0], np.int32)
   # Row 3: 1 + top_2 (= 2) - s_y (= 3) = 0 exactly: loss 0 and, with the 1[hinge > 0] convention, gradient 0.
   value, grad = jax.jit(jax.value_and_grad(lambda s: ntk.topk_hinge_loss(s, labels, k=1).sum()))(jnp.asarray(logits))
@@ -159,7 +159,7 @@ def test_topk_hinge_loss_ties_and_zero_hinge():
   # Ties: the (k+1)-th largest is the second of the equal entries in index order (lax.top_k order).
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=0, atol=1e-7)
   np.testing.assert_array_equal(np.asarray(grad)[3], 0.0)
-  np.testing.assert_array_equal(np.asarray(grad)[0], [-1., 0., 1., 0.])
+  np.testing.assert_array_equal(np.asarray(grad)[:3], [[-1., 1., 0., 0.], [0., 1., -1., 0.], [-1., 0., 1., 0.]])
   # Same at a zero hinge for the noised loss with epsilon = 0.
   noised = jax.grad(lambda s: ntk.noised_topk_loss(s, labels, k=1, epsilon=0.0, noise=jnp.zeros((2,) + logits.shape),
                                                    scale=2.0).sum())(jnp.asarray(logits))
@@ -320,6 +320,28 @@ def test_smooth_topk_svm_small_tau_either_branch(k):
   _check(functools.partial(ntk.smooth_topk_svm_loss, k=k, tau=0.1),
          lambda s, y: ref.smooth_topk_svm_loss(s, y, k, 0.1), logits, labels, True, rtol=SVM_RTOL, atol=SVM_ATOL,
          cache_key=("svm", k, 0.1, 1.0))
+
+
+@pytest.mark.parametrize("shape,k,tau,alpha", [((8, 5), 1, 1.0, 1.0), ((2, 3, 10), 2, 0.5, 0.5)])
+def test_smooth_topk_svm_switch_boundary(shape, k, tau, alpha):
+  # Gaps top_k - top_{k+1} on both sides of k tau log(1000) (and between k tau log(100) and it): only the exact
+  # threshold of the released code puts every row on the reference's side. Near the switch the two branches differ
+  # by ~tau exp(-gap / (k tau)), far above the tolerance for tau >= 0.5.
+  threshold = k * tau * np.log(1000.0)
+  factors = [0.5, 0.8, 0.9, 0.97, 0.995, 1.005, 1.03, 1.5]
+  logits, labels = _inputs(shape, 45, uniform=True)
+  flat, flat_labels = logits.reshape(-1, shape[-1]), labels.reshape(-1)
+  for i in range(flat.shape[0]):
+    order = np.argsort(-flat[i], kind="stable")
+    flat[i, order[:k]] = flat[i, order[k]] + factors[i % len(factors)] * threshold + np.arange(k) * 0.01
+    if i % 3 == 0:
+      flat_labels[i] = order[0]
+  logits, labels = flat.reshape(shape), flat_labels.reshape(shape[:-1])
+  uses_hard = [ref.smooth_topk_svm_uses_hard(r, k, tau) for r in flat]
+  assert any(uses_hard) and not all(uses_hard)
+  _check(functools.partial(ntk.smooth_topk_svm_loss, k=k, tau=tau, alpha=alpha),
+         lambda s, y: ref.smooth_topk_svm_loss(s, y, k, tau, alpha), logits, labels, True, rtol=SVM_RTOL,
+         atol=SVM_ATOL, cache_key=("svm", k, tau, alpha))
 
 
 def test_smooth_topk_svm_k1_closed_form():
@@ -678,7 +700,8 @@ def _bad_loss_calls():
   ]
 
 
-@pytest.mark.parametrize("case", range(len(_bad_loss_calls())))
+@pytest.mark.parametrize("case", range(len(_bad_loss_calls())),
+                         ids=[f"{i}-{c[0]}" for i, c in enumerate(_bad_loss_calls())])
 @use_jit_param
 def test_bad_inputs_raise_naming_the_parameter(case, use_jit):
   param, error, call = _bad_loss_calls()[case]
@@ -690,7 +713,8 @@ def test_bad_inputs_raise_naming_the_parameter(case, use_jit):
 def test_compat_mode_rejects_non_2d_logits():
   logits, labels = _inputs((2, 3, 5), 0)
   with pytest.raises(ValueError, match=_names("reference_code_compat")):
-    ntk.max_margin_loss(jnp.asarray(logits), jnp.asarray(labels), delta_minus=0.5, beta=1.0, scale=1.0, reference_code_compat=True)
+    ntk.max_margin_loss(jnp.asarray(logits), jnp.asarray(labels), delta_minus=0.5, beta=1.0, scale=1.0,
+                        reference_code_compat=True)
 
 
 def test_largest_allowed_k_is_accepted():

@@ -47,7 +47,8 @@ def test_reference_tie_rule_is_the_rank_count():
   for kind in KINDS:
     logits, labels = _inputs((200, 6), 1, kind)
     for k in range(1, 7):
-      np.testing.assert_array_equal(ref.topk_correct(logits, labels, k), ref.topk_correct_by_counting(logits, labels, k))
+      np.testing.assert_array_equal(ref.topk_correct(logits, labels, k),
+                                    ref.topk_correct_by_counting(logits, labels, k))
 
 
 @pytest.mark.parametrize("kind,use_jit", KIND_MODES)
@@ -248,7 +249,8 @@ def _bad_metric_calls():
   ]
 
 
-@pytest.mark.parametrize("case", range(len(_bad_metric_calls())))
+@pytest.mark.parametrize("case", range(len(_bad_metric_calls())),
+                         ids=[f"{i}-{c[0]}" for i, c in enumerate(_bad_metric_calls())])
 @use_jit_param
 def test_bad_inputs_raise_naming_the_parameter(case, use_jit):
   param, error, call = _bad_metric_calls()[case]

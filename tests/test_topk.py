@@ -178,11 +178,13 @@ def test_key_gradient_rows_sum_to_one_and_are_multiples_of_one_over_b(shape, k, 
     assert np.any((grad > 0) & (grad < 1))
 
 
-def test_key_gradient_is_the_derivative_of_the_same_draws():
+@pytest.mark.parametrize("shape,k", [((3, 10), 2), ((3, 100), 5)])
+def test_key_gradient_is_the_derivative_of_the_same_draws(shape, k):
   # In float64 the Monte Carlo value is piecewise linear; along a tiny step no argmax changes, so
-  # (f(s + t v) - f(s)) / t must equal <grad, v> exactly when forward and backward use the same noise draws.
+  # (f(s + t v) - f(s)) / t must equal <grad, v> exactly when forward and backward use the same noise draws
+  # (and the forward pass really computes in float64).
   with jax.enable_x64(True):
-    shape, k, num_samples, t = (3, 10), 2, 6, 1e-6
+    num_samples, t = 6, 1e-6
     rng = np.random.default_rng(4)
     scores = jnp.asarray(rng.standard_normal(shape))
     direction = jnp.asarray(rng.standard_normal(shape))
@@ -260,6 +262,20 @@ def test_large_b_estimate_matches_numpy_and_smoothing_bound(num_classes, k, epsi
 # Selection algorithms: identical values and gradients, ties included.
 
 
+@pytest.mark.parametrize("k", [1, 5])
+def test_selection_variants_with_ties_many_classes(k):
+  # L = 100 with heavy ties, so that variants which split the row into chunks meet ties across chunk borders.
+  rng = np.random.default_rng(23)
+  scores = rng.integers(0, 4, size=(3, 100)).astype(np.float32)
+  noise = rng.integers(-1, 2, size=(2, 3, 100)).astype(np.float32)
+  want_value, want_grad = ref.noised_kth_largest(scores, k, 1.0, noise)
+  for selection in SELECTIONS:
+    fn = _value_and_vjp(lambda s, n: ntk.noised_kth_largest(s, k, epsilon=1.0, noise=n, selection=selection), True)
+    value, grad = fn(jnp.asarray(scores), jnp.ones(3, jnp.float32), jnp.asarray(noise))
+    np.testing.assert_allclose(np.asarray(value), want_value, rtol=1e-6, atol=1e-6, err_msg=selection)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=0, atol=1e-6, err_msg=selection)
+
+
 def _tied_inputs():
   rng = np.random.default_rng(21)
   scores = rng.integers(0, 3, size=(2, 4, 8)).astype(np.float32)
@@ -282,8 +298,9 @@ def test_selection_variants_with_ties_match_reference(k, epsilon, use_jit):
     np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=1e-6, atol=1e-6, err_msg=selection)
 
 
-def test_selection_variants_identical_with_key():
-  shape, k = (2, 3, 10), 4
+@pytest.mark.parametrize("shape,k", [((2, 3, 10), 4), ((4, 100), 5)])
+def test_selection_variants_identical_with_key(shape, k):
+  # Includes any variant that generates the draws itself rather than materializing them: same key, same draws.
   scores = jnp.asarray(_scores(shape, 30))
 
   def run(sel):
@@ -423,7 +440,8 @@ def _bad_topk_calls():
   ]
 
 
-@pytest.mark.parametrize("case", range(len(_bad_topk_calls())))
+@pytest.mark.parametrize("case", range(len(_bad_topk_calls())),
+                         ids=[f"{i}-{c[0]}" for i, c in enumerate(_bad_topk_calls())])
 @use_jit_param
 def test_bad_inputs_raise_naming_the_parameter(case, use_jit):
   param, error, call = _bad_topk_calls()[case]
