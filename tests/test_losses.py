@@ -17,6 +17,8 @@ use_jit_param = pytest.mark.parametrize("use_jit", [False, True], ids=["eager", 
 def _with_modes(cases, eager=(0,)):
   """Every case jitted; the cases at indices `eager` also un-jitted (eager dispatch is slow on new shapes)."""
   return [case + (use_jit,) for i, case in enumerate(cases) for use_jit in ((False, True) if i in eager else (True,))]
+
+
 SHAPES = [(6, 10), (2, 3, 10), (4, 100), (8, 5), (10,)]
 SPEC_SELECTIONS = ("auto", "top_k", "sort", "max_mask")
 SELECTIONS = SPEC_SELECTIONS + tuple(s for s in getattr(ntk, "SELECTIONS", ()) if s not in SPEC_SELECTIONS)
@@ -89,7 +91,7 @@ def _check(loss_fn, ref_fn, logits, labels, use_jit, rtol=RTOL, atol=ATOL, grad_
 # Cross-entropy, focal, LDAM.
 
 
-@pytest.mark.parametrize("shape,use_jit", _with_modes([(s,) for s in SHAPES], eager=(0, 1)))
+@pytest.mark.parametrize("shape,use_jit", _with_modes([(s,) for s in SHAPES], eager=(1,)))
 def test_cross_entropy(shape, use_jit):
   logits, labels = _inputs(shape, 1, scale=3.0)
   _check(ntk.cross_entropy_loss, ref.cross_entropy, logits, labels, use_jit)
@@ -239,7 +241,7 @@ def test_noised_topk_loss_epsilon_zero_is_scaled_hinge(mode, scale):
 
 
 @pytest.mark.parametrize("selection", SELECTIONS)
-@pytest.mark.parametrize("epsilon", [0.0, 1.0])
+@pytest.mark.parametrize("epsilon", [1.0])
 def test_noised_topk_loss_selection_variants_with_ties(selection, epsilon):
   # Same shapes as test_topk's tied inputs.
   rng = np.random.default_rng(22)
@@ -285,7 +287,7 @@ def _assert_branches(logits, k, tau, hard_rows):
 # The library's log-space recursion is unrolled per (shape, k), so compiles are slow: few shapes and ks, and one
 # cached jitted function per hyperparameter set. Every batch mixes rows in the smooth regime with rows past the hard
 # switch (label among the boosted top k, or not).
-SVM_CASES = [((8, 5), 1, 1.0, 1.0), ((6, 10), 3, 0.1, 1.0), ((2, 3, 10), 2, 0.5, 0.5), ((8, 5), 4, 2.0, 1.0),
+SVM_CASES = [((4, 3), 1, 1.0, 1.0), ((6, 10), 3, 0.1, 1.0), ((2, 3, 10), 2, 0.5, 0.5), ((8, 5), 4, 2.0, 1.0),
              ((3, 100), 2, 0.5, 2.0)]
 SVM_PARAMS = [(case, "alternate", use_jit) for i, case in enumerate(SVM_CASES)
               for use_jit in ((False, True) if i == 0 else (True,))]
@@ -403,13 +405,12 @@ def _raw_ldam_margins(num_classes):
   return ref.class_margins(counts, 0.2).astype(np.float32)
 
 
-MM_CASES = [((8, 10), "paper", MM_HYPER[0]), ((2, 4, 10), "paper", MM_HYPER[1]), ((8, 5), "paper", MM_HYPER[1]),
-            ((6, 100), "ldam", MM_HYPER[0]), ((2, 4, 10), "ldam", MM_HYPER[1]), ((8, 10), "compat", MM_HYPER[0]),
-            ((6, 100), "compat", MM_HYPER[1]), ((8, 10), "compat_ldam", MM_HYPER[1]),
+MM_CASES = [((8, 10), "paper", MM_HYPER[0]), ((2, 4, 10), "paper", MM_HYPER[1]), ((6, 100), "ldam", MM_HYPER[0]),
+            ((2, 4, 10), "ldam", MM_HYPER[1]), ((8, 10), "compat", MM_HYPER[0]), ((6, 100), "compat", MM_HYPER[1]),
             ((8, 5), "compat_ldam", MM_HYPER[0])]
 
 
-@pytest.mark.parametrize("shape,mode,hyper,use_jit", _with_modes(MM_CASES, eager=(0, 5)))
+@pytest.mark.parametrize("shape,mode,hyper,use_jit", _with_modes(MM_CASES, eager=(0, 4)))
 def test_max_margin_loss(shape, mode, hyper, use_jit):
   compat = mode.startswith("compat")
   delta_minus, beta, scale = hyper

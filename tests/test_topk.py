@@ -21,6 +21,7 @@ def _with_modes(cases, eager=(0,)):
   """Every case jitted; the cases at indices `eager` also un-jitted (eager dispatch is slow on new shapes)."""
   return [case + (use_jit,) for i, case in enumerate(cases) for use_jit in ((False, True) if i in eager else (True,))]
 
+
 # float32 library against the float64 reference: the noised value is a mean of selected float32 entries.
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -50,10 +51,10 @@ def _value_and_vjp(fn, use_jit):
 # ---------------------------------------------------------------------------------------------------------------------
 # Hard k-th largest.
 
-HARD_CASES = [((10,), 10), ((6, 10), 1), ((2, 3, 10), 3), ((4, 100), 17), ((4, 100), 100), ((5, 2), 2)]
+HARD_CASES = [((10,), 10), ((2, 3, 10), 3), ((4, 100), 17), ((4, 100), 100), ((5, 2), 2)]
 
 
-@pytest.mark.parametrize("shape,k,use_jit", _with_modes(HARD_CASES, eager=(0, 2, 3)))
+@pytest.mark.parametrize("shape,k,use_jit", _with_modes(HARD_CASES, eager=(1, 2)))
 def test_kth_largest_matches_sort(shape, k, use_jit):
   scores = _scores(shape, seed=k + len(shape))
   cot = _scores(shape[:-1], seed=7)
@@ -262,7 +263,7 @@ def test_large_b_estimate_matches_numpy_and_smoothing_bound(num_classes, k, epsi
 # Selection algorithms: identical values and gradients, ties included.
 
 
-@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("k", [5])
 def test_selection_variants_with_ties_many_classes(k):
   # L = 100 with heavy ties, so that variants which split the row into chunks meet ties across chunk borders.
   rng = np.random.default_rng(23)
@@ -284,8 +285,7 @@ def _tied_inputs():
   return scores, noise
 
 
-@pytest.mark.parametrize("k,epsilon,use_jit", [(1, 0.0, True), (3, 0.0, True), (8, 0.0, True), (3, 1.0, False),
-                                               (3, 1.0, True)])
+@pytest.mark.parametrize("k,epsilon,use_jit", [(1, 0.0, True), (8, 0.0, True), (3, 1.0, False)])
 def test_selection_variants_with_ties_match_reference(k, epsilon, use_jit):
   scores, noise = _tied_inputs()
   cot = _scores(scores.shape[:-1], 3)
@@ -298,7 +298,7 @@ def test_selection_variants_with_ties_match_reference(k, epsilon, use_jit):
     np.testing.assert_allclose(np.asarray(grad), cot[..., None] * want_grad, rtol=1e-6, atol=1e-6, err_msg=selection)
 
 
-@pytest.mark.parametrize("shape,k", [((2, 3, 10), 4), ((4, 100), 5)])
+@pytest.mark.parametrize("shape,k", [((4, 100), 5)])
 def test_selection_variants_identical_with_key(shape, k):
   # Includes any variant that generates the draws itself rather than materializing them: same key, same draws.
   scores = jnp.asarray(_scores(shape, 30))
