@@ -5,10 +5,11 @@
 
 Timed per call (medians over interleaved rounds, one process):
 - JAX: `jit(value_and_grad(mean(ntk.noised_topk_loss(...))))` with per-class margins, scale 60, eps 0.01 and a fresh
-  key every call (the step splits the key it is given and returns the next one), on JAX's default backend.
+  key every call (split beforehand), on JAX's default backend.
 - PyTorch: `benchmarks/torch_reference.py`, the published algorithm (noise `[N, L, B]`, `torch.kthvalue` or
   `torch.topk` along the class axis, one-hot scatter backward), forward + `backward()`, on CUDA when available.
 - Floor: `jax.random.normal(key, (B, N, L))` alone under `jit`, the noise every method has to draw.
+PyTorch runs with OMP_WAIT_POLICY=PASSIVE (see below) and as many intra-op threads as XLA uses (all usable cores).
 Also timed: every `selection` of the library, the straightforward JAX version (`lax.top_k` on the perturbed tensor and
 plain autodiff) and the library's own noise generator alone. Peak memory: XLA's compiled memory analysis of the
 custom-VJP loss against plain autodiff through the same selection.
@@ -17,6 +18,11 @@ import argparse
 import functools
 import os
 import sys
+
+# PyTorch's OpenMP workers spin after each parallel region (libgomp's default), and XLA's thread pool spins too; timed
+# alternately in one process, each side's spinning threads steal the cores of the other (measured: both sides 2-4x
+# slower). Passive waiting removes that interference; it must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # pylint: disable=wrong-import-position
@@ -50,13 +56,7 @@ def _jax_loss_step(labels, margins, k, num_samples, selection):
     return jnp.mean(ntk.noised_topk_loss(logits, labels, k=k, epsilon=EPSILON, num_samples=num_samples,
                                          margins=margins, scale=SCALE, key=key, selection=selection))
 
-  @jax.jit
-  def step(logits, key):
-    key, sub = jax.random.split(key)
-    value, grad = jax.value_and_grad(loss)(logits, sub)
-    return value, grad, key
-
-  return step
+  return jax.jit(jax.value_and_grad(loss))
 
 
 def _naive_loss(logits, labels, margins, key, *, k, num_samples, autodiff_selection):
@@ -75,36 +75,31 @@ def _naive_loss(logits, labels, margins, key, *, k, num_samples, autodiff_select
 
 def _naive_step(labels, margins, k, num_samples, autodiff_selection):
   fn = functools.partial(_naive_loss, k=k, num_samples=num_samples, autodiff_selection=autodiff_selection)
-
-  @jax.jit
-  def step(logits, key):
-    key, sub = jax.random.split(key)
-    value, grad = jax.value_and_grad(fn)(logits, labels, margins, sub)
-    return value, grad, key
-
-  return step
+  return jax.jit(jax.value_and_grad(lambda logits, key: fn(logits, labels, margins, key)))
 
 
 def _noise_step(shape, generator):
-  @jax.jit
-  def step(key):
-    key, sub = jax.random.split(key)
-    if generator == "jax":
-      return jax.random.normal(sub, shape, jnp.float32), key
-    return ntk_topk._standard_normal(sub, shape, jnp.float32), key  # pylint: disable=protected-access
-
-  return step
+  if generator == "jax":
+    return jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32))
+  return jax.jit(lambda key: ntk_topk._standard_normal(key, shape, jnp.float32))  # pylint: disable=protected-access
 
 
-class _Stateful:
-  """A callable that threads the key through a jitted step and blocks on the result."""
+class _FreshKeys:
+  """Calls a jitted function of `(*args, key)` with a new key every call and blocks on the result.
 
-  def __init__(self, step, *args):
-    self.step, self.args, self.key = step, args, jax.random.key(0)
+  The keys are split beforehand, outside the timed calls: deriving a key inside the step (`split`, `fold_in`) runs
+  JAX's own Threefry, which on CPU is a loop of small operations costing ~0.1-0.2 ms per call, not the loss's.
+  """
+
+  def __init__(self, fn, *args, calls):
+    self.fn, self.args = fn, args
+    self.keys = list(jax.random.split(jax.random.key(0), calls))
+    self.next = 0
 
   def __call__(self):
-    *out, self.key = self.step(*self.args, self.key)
-    jax.block_until_ready(out)
+    key = self.keys[self.next % len(self.keys)]
+    self.next += 1
+    jax.block_until_ready(self.fn(*self.args, key))
 
 
 def _torch_fns(torch, device, logits, labels, margins, k, num_samples):
@@ -158,16 +153,18 @@ def run(shapes, *, repeats, variants, max_seconds):
   for (n, num_classes, num_samples, k) in shapes:
     logits, labels, margins = _inputs(n, num_classes)
     j_logits, j_labels, j_margins = jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(margins)
+    calls = repeats + 2
     fns = {
-        "jax": _Stateful(_jax_loss_step(j_labels, j_margins, k, num_samples, "auto"), j_logits),
-        "floor": _Stateful(_noise_step((num_samples, n, num_classes), "jax")),
-        "own_generator": _Stateful(_noise_step((num_samples, n, num_classes), "own")),
+        "jax": _FreshKeys(_jax_loss_step(j_labels, j_margins, k, num_samples, "auto"), j_logits, calls=calls),
+        "floor": _FreshKeys(_noise_step((num_samples, n, num_classes), "jax"), calls=calls),
+        "own_generator": _FreshKeys(_noise_step((num_samples, n, num_classes), "own"), calls=calls),
     }
     fns.update(_torch_fns(torch, device, logits, labels, margins, k, num_samples))
     main = common.interleaved_times(fns, repeats=repeats)
-    slow = {f"sel_{s}": _Stateful(_jax_loss_step(j_labels, j_margins, k, num_samples, s), j_logits)
+    slow = {f"sel_{s}": _FreshKeys(_jax_loss_step(j_labels, j_margins, k, num_samples, s), j_logits, calls=calls)
             for s in variants}
-    slow["naive_top_k"] = _Stateful(_naive_step(j_labels, j_margins, k, num_samples, "top_k"), j_logits)
+    slow["naive_top_k"] = _FreshKeys(_naive_step(j_labels, j_margins, k, num_samples, "top_k"), j_logits,
+                                     calls=calls)
     detail = common.interleaved_times(slow, repeats=repeats, warmup=1, max_seconds=max_seconds)
     t = {name: common.median_ms(v) for name, v in {**main, **detail}.items()}
     best_torch = min(t["torch_kthvalue"], t["torch_topk"])

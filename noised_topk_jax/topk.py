@@ -3,6 +3,18 @@
 `noised_kth_largest` is the operator at the heart of the noised top-K loss (Garcin et al., ICML 2022): a Monte Carlo
 estimate of `E[top_k(s + eps Z)]` whose gradient is the perturbed-optimizer estimate `E[argtop_k(s + eps Z)]`, computed
 with the same draws as the forward pass.
+
+Selection algorithms (`SELECTIONS`). All are exact and give the same values, indices and gradients; among equal
+scores the lowest index ranks first, as in `jax.lax.top_k`:
+
+- "top_k": `jax.lax.top_k`. Fast on GPU; a full sort of every row on XLA:CPU.
+- "sort": a stable sort of every row.
+- "max_mask": k passes over the row, each a max and a min-of-index reduction.
+- "tournament": maxima of small groups, level by level, then all-pairs ranking of the few candidates they leave
+  (see `_select_kth_tournament`). A handful of XLA operations whatever k (up to 12; beyond, two levels and passes).
+- "approx_max_k": `jax.lax.approx_max_k` with recall 1.0 (TPU's exact mode; an exact fallback elsewhere) for the
+  k-th value, then the index of that value in the order above.
+- "auto": "tournament" on CPU and TPU, "top_k" on GPU and other backends (`jax.default_backend()`).
 """
 import functools
 import math
@@ -14,18 +26,18 @@ import numpy as np
 
 from noised_topk_jax import _checks
 
-SELECTIONS = ("auto", "top_k", "sort", "max_mask", "chunked", "approx_max_k")
+SELECTIONS = ("auto", "top_k", "sort", "max_mask", "tournament", "approx_max_k")
 
 # What "auto" resolves to on each backend (`jax.default_backend()`); other backends get "top_k".
 # - CPU: XLA:CPU's TopK and Sort are orders of magnitude slower than a few reductions (benchmarks/RESULTS.md).
 # - GPU: XLA:GPU has a fast TopK kernel for small k.
-# - TPU: "chunked" is exact and sort-free (plain reductions and one small gather). Not measured on a TPU; pass
+# - TPU: "tournament" is exact and sort-free (reductions and small gathers). Not measured on a TPU; pass
 #   `selection="top_k"` or `"approx_max_k"` to compare there.
-_AUTO_SELECTION = {"cpu": "chunked", "gpu": "top_k", "cuda": "top_k", "rocm": "top_k", "tpu": "chunked"}
+_AUTO_SELECTION = {"cpu": "tournament", "gpu": "top_k", "cuda": "top_k", "rocm": "top_k", "tpu": "tournament"}
 
 
 def _resolve_selection(selection, k):
-  del k  # "chunked" itself falls back to plain passes when chunking does not pay (see `_chunk_layout`).
+  del k  # "tournament" itself falls back to passes where ranking all pairs does not pay (see `_tournament_layout`).
   if selection not in SELECTIONS:
     raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}.")
   if selection != "auto":
@@ -117,62 +129,113 @@ def _select_kth_from_value(scores, kth_value, k):
                   lambda: _nth_lowest_index(equal, rank_among_equal, k))
 
 
-def _chunk_layout(num_classes, k):
-  """(chunk size C, number of chunks G) for "chunked", or None when chunking cannot beat plain passes.
+# "tournament": an exact k-th largest in a handful of fused XLA operations.
+#
+# Level 0 is the row; level j+1 holds the maxima of consecutive groups of C entries of level j (the last group may be
+# shorter), up to a top level of at most `_PAIRWISE_TOP` entries. Ordering the entries of every level by
+# (value desc, position asc) orders them as their best row entries (groups are contiguous, so positions keep the row's
+# index order). Then the k largest entries of level j all lie in the k best groups of level j+1: a group ranked below
+# k others has k entries ranked above its best one. So from the top down, the k best entries of each level are the
+# k best of the k*C children of the level above's k best, down to the row itself. Sets this small are ranked by all
+# pairwise comparisons in one fused reduction: at these sizes XLA:CPU's cost is per operation far more than per
+# comparison, and the whole selection is ~4 + 2 * levels operations, against ~5 per rank for k passes of max-and-mask.
 
-  Cost model in entries visited per row: one cheap max over L, k passes over the G chunk maxima and k passes over
-  the k*C candidates; C ~ sqrt(L / k) balances the last two.
+_PAIRWISE_CANDIDATES = 24  # at most k*C children are ranked at each level
+_PAIRWISE_TOP = 48  # the top level is ranked whole
+_MAX_TOURNAMENT_K = _PAIRWISE_CANDIDATES // 2  # with C >= 2; larger k uses chunks and passes
+
+
+def _tournament_layout(num_classes, k):
+  """(group size C, [L, G1, G2, ...] entries per level) of the tournament, or None above `_MAX_TOURNAMENT_K`."""
+  if k > _MAX_TOURNAMENT_K:
+    return None
+  size = _PAIRWISE_CANDIDATES // k
+  levels = [num_classes]
+  while levels[-1] > _PAIRWISE_TOP:
+    levels.append(-(-levels[-1] // size))
+  return size, levels
+
+
+def _pairwise_top(values, index, k, *, only_kth):
+  """Positions (into the last axis) of the k largest entries, in rank order `[..., k]`, or of the k-th only `[...]`.
+
+  `index` orders equal values (distinct within a row). One reduction counts, for every entry, the entries ranked above
+  it; a second one reads off the positions holding ranks 0..k-1.
   """
-  size = max(_MIN_CHUNK, int(round(math.sqrt(num_classes / k))))
+  v_i, v_j = values[..., :, None], values[..., None, :]
+  i_i, i_j = index[..., :, None], index[..., None, :]
+  rank = jnp.sum((v_j > v_i) | ((v_j == v_i) & (i_j < i_i)), axis=-1, dtype=jnp.int32)
+  positions = _last_axis_iota(values.shape)
+  if only_kth:
+    return jnp.sum(jnp.where(rank == k - 1, positions, 0), axis=-1)
+  wanted = lax.broadcasted_iota(jnp.int32, (1,) * values.ndim + (k,), values.ndim)
+  return jnp.sum(jnp.where(rank[..., None] == wanted, positions[..., None], 0), axis=-2)
+
+
+def _group_maxima(x, size):
+  """Max of every group of `size` consecutive entries along the last axis (the last group may be shorter)."""
+  num = x.shape[-1]
+  full = (num // size) * size
+  # A reshaped block plus a short tail rather than a padded copy: XLA:CPU emits a pad or concatenate of a fused
+  # producer as scalar code.
+  maxima = jnp.max(x[..., :full].reshape(x.shape[:-1] + (full // size, size)), axis=-1)
+  if full < num:
+    maxima = jnp.concatenate([maxima, jnp.max(x[..., full:], axis=-1, keepdims=True)], axis=-1)
+  return maxima
+
+
+def _children(selected, size, level):
+  """Indices `[..., k*size]` of the entries of `level` in the groups `selected` `[..., k]`, and their values (-inf
+  past the end of the short last group)."""
+  num = level.shape[-1]
+  offsets = lax.broadcasted_iota(jnp.int32, selected.shape + (size,), selected.ndim)
+  children = (selected[..., None] * size + offsets).reshape(selected.shape[:-1] + (selected.shape[-1] * size,))
+  values = jnp.take_along_axis(level, jnp.minimum(children, num - 1), axis=-1)
+  return children, jnp.where(children < num, values, jnp.array(-jnp.inf, level.dtype))
+
+
+def _select_kth_tournament(x, k):
+  num_classes = x.shape[-1]
+  layout = _tournament_layout(num_classes, k)
+  if layout is None:
+    return _select_kth_chunked_passes(x, k)
+  size, counts = layout
+  if len(counts) == 1:  # the whole row is small enough to rank at once
+    return _pairwise_top(x, _last_axis_iota(x.shape), k, only_kth=True)
+  levels = [x]
+  for _ in counts[1:]:
+    levels.append(_group_maxima(levels[-1], size))
+  top = levels[-1]
+  selected = _pairwise_top(top, _last_axis_iota(top.shape), k, only_kth=False)  # the k best groups of the top level
+  for level in reversed(levels[1:-1]):
+    children, values = _children(selected, size, level)
+    selected = jnp.take_along_axis(children, _pairwise_top(values, children, k, only_kth=False), axis=-1)
+  children, values = _children(selected, size, x)
+  kth = _pairwise_top(values, children, k, only_kth=True)
+  # NaN scores have no place in the order; keep the index in range so that gathers with it stay defined.
+  return jnp.clip(_take_last(children, jnp.minimum(kth, children.shape[-1] - 1)), 0, num_classes - 1)
+
+
+def _chunk_layout(num_classes, k):
+  """(chunk size C, number of chunks G) of the two-level version for large k, or None when chunking cannot beat
+  plain passes. Cost in entries visited per row: one max over L, k passes over G chunk maxima and k passes over the
+  k*C candidates; C ~ sqrt(L / k) balances the last two."""
+  size = max(4, int(round(math.sqrt(num_classes / k))))
   groups = -(-num_classes // size)
   if groups <= k or k * size >= num_classes:
     return None
   return size, groups
 
 
-_MIN_CHUNK = 4
-
-
-def _top_chunk_candidates(chunk_max, k, size, num_classes):
-  """Indices `[..., k*C]` of the entries of the k best chunks, whether each is inside the row, and them clamped."""
-  chunks = _ranked_indices(chunk_max, k, all_ranks=True)  # [..., k]
-  offsets = lax.broadcasted_iota(jnp.int32, chunks.shape + (size,), chunks.ndim)
-  candidates = (chunks[..., None] * size + offsets).reshape(chunks.shape[:-1] + (k * size,))
-  return candidates, candidates < num_classes, jnp.minimum(candidates, num_classes - 1)
-
-
-def _chunk_maxima(values_at, batch, num_classes, size):
-  """Max of every chunk of `size` consecutive entries (the last one may be shorter): `[..., G]`.
-
-  `values_at(start, stop)` returns the entries `[start, stop)` of every row. The row is read as a reshaped block
-  plus a short tail, never padded: XLA:CPU emits a pad or concatenate of a fused producer (the noise generator) as
-  scalar code.
-  """
-  full = (num_classes // size) * size
-  chunk_max = jnp.max(values_at(0, full).reshape(batch + (full // size, size)), axis=-1)
-  if full < num_classes:
-    chunk_max = jnp.concatenate([chunk_max, jnp.max(values_at(full, num_classes), axis=-1, keepdims=True)], axis=-1)
-  return chunk_max
-
-
-def _select_kth_chunked(x, k):
-  """Exact k-th largest by a two-level tournament.
-
-  Split the row into G chunks of C consecutive entries (the last one may be shorter) and rank the chunks by their
-  best entry. Every one of the k largest entries lies in one of the k best chunks: a chunk ranked below k others has
-  k entries above its best. So the k-th largest of the row is the k-th largest of those k chunks' k*C entries. The
-  candidates keep their indices, so ties between entries still break towards the lower index.
-  """
-  num_classes = x.shape[-1]
-  layout = _chunk_layout(num_classes, k)
+def _select_kth_chunked_passes(x, k):
+  """The tournament for large k: two levels, and k passes per level instead of ranking all pairs."""
+  layout = _chunk_layout(x.shape[-1], k)
   if layout is None:
     return _kth_index(x, k)
   size, _ = layout
-  chunk_max = _chunk_maxima(lambda start, stop: x[..., start:stop], x.shape[:-1], num_classes, size)
-  candidates, inside, clamped = _top_chunk_candidates(chunk_max, k, size, num_classes)
-  values = jnp.where(inside, jnp.take_along_axis(x, clamped, axis=-1), jnp.array(-jnp.inf, x.dtype))
+  candidates, values = _children(_ranked_indices(_group_maxima(x, size), k, all_ranks=True), size, x)
   # The candidates' own indices break ties, so their order in `values` does not matter.
-  return jnp.minimum(_ranked_indices(values, k, all_ranks=False, index=candidates), num_classes - 1)
+  return jnp.minimum(_ranked_indices(values, k, all_ranks=False, index=candidates), x.shape[-1] - 1)
 
 
 def _select_kth(scores, k, selection):
@@ -192,8 +255,8 @@ def _select_kth(scores, k, selection):
     return idx[..., k - 1]
   if selection == "max_mask":
     return _kth_index(scores, k)
-  if selection == "chunked":
-    return _select_kth_chunked(scores, k)
+  if selection == "tournament":
+    return _select_kth_tournament(scores, k)
   raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}.")  # pragma: no cover
 
 
@@ -248,47 +311,6 @@ def _perturbed_selection(scores, noise, epsilon, k, selection):
   return _take_last(perturbed, idx), idx, _take_last(z, idx)
 
 
-def _keyed_selection(scores, key_data, epsilon, k, num_samples, selection):
-  """`_perturbed_selection` with the draws `jax.random.normal(key, (B, *scores.shape))` of a Threefry key.
-
-  With "chunked" the draws are never materialized: the generator runs fused into the chunk maxima, and again for the
-  few candidate entries only (the same counters give the same numbers).
-  """
-  shape = (num_samples,) + tuple(scores.shape)
-  layout = _chunk_layout(scores.shape[-1], k) if selection == "chunked" else None
-  if layout is None:
-    return _perturbed_selection(scores, _threefry_normal(key_data, shape), epsilon, k, selection)
-  scores = scores.astype(jnp.float32)
-  eps = jnp.asarray(epsilon, jnp.float32)
-  batch, num_classes = scores.shape[:-1], scores.shape[-1]
-  rows = math.prod(batch)
-  s = scores.reshape(rows, num_classes)
-  samples_rows = (num_samples, rows)
-  # Counter of the first entry of every (sample, row): draws are numbered row-major over [B, rows, L].
-  first = (lax.broadcasted_iota(jnp.uint32, samples_rows, 0) * np.uint32(rows)
-           + lax.broadcasted_iota(jnp.uint32, samples_rows, 1)) * np.uint32(num_classes)
-
-  def perturbed(s_part, positions):
-    z = _threefry_normal_at(key_data, first[..., None] + positions.astype(jnp.uint32))
-    return s_part + eps * z, z
-
-  def values_at(start, stop):
-    positions = lax.broadcasted_iota(jnp.int32, samples_rows + (stop - start,), 2) + start
-    return perturbed(s[:, start:stop], positions)[0]
-
-  size, _ = layout
-  chunk_max = _chunk_maxima(values_at, samples_rows, num_classes, size)
-  candidates, inside, clamped = _top_chunk_candidates(chunk_max, k, size, num_classes)
-  values, z = perturbed(jnp.take_along_axis(jnp.broadcast_to(s, samples_rows + (num_classes,)), clamped, axis=-1),
-                        clamped)
-  values = jnp.where(inside, values, -jnp.inf)
-  idx = _ranked_indices(values, k, all_ranks=False, index=candidates)
-  chosen = candidates == idx[..., None]  # candidate indices are distinct: one entry per row
-  out = (jnp.sum(jnp.where(chosen, values, 0.0), axis=-1), jnp.minimum(idx, num_classes - 1),
-         jnp.sum(jnp.where(chosen, z, 0.0), axis=-1))
-  return tuple(x.reshape((num_samples,) + batch) for x in out)
-
-
 def _fwd_output(scores, epsilon, selected):
   values, idx, z_selected = selected
   value = jnp.mean(values, axis=0).astype(scores.dtype)
@@ -334,26 +356,8 @@ def _noised_kth_bwd(k, selection, residuals, g):
 _noised_kth.defvjp(_noised_kth_fwd, _noised_kth_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _noised_kth_keyed(scores, key_data, epsilon, k, num_samples, selection):
-  return _noised_kth_keyed_fwd(scores, key_data, epsilon, k, num_samples, selection)[0]
-
-
-def _noised_kth_keyed_fwd(scores, key_data, epsilon, k, num_samples, selection):
-  return _fwd_output(scores, epsilon, _keyed_selection(scores, key_data, epsilon, k, num_samples, selection))
-
-
-def _noised_kth_keyed_bwd(k, num_samples, selection, residuals, g):
-  del k, num_samples, selection
-  grad_scores, grad_eps = _bwd_grads(residuals, g)
-  return grad_scores, None, grad_eps
-
-
-_noised_kth_keyed.defvjp(_noised_kth_keyed_fwd, _noised_kth_keyed_bwd)
-
 # Compiled as a whole also when called eagerly (under an outer `jit` they are inlined).
 _noised_kth_jit = jax.jit(_noised_kth, static_argnums=(3, 4))
-_noised_kth_keyed_jit = jax.jit(_noised_kth_keyed, static_argnums=(3, 4, 5))
 
 
 def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=None, selection="auto"):
@@ -375,11 +379,14 @@ def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=
     epsilon: noise scale, >= 0 (a Python float or a scalar array; it may be traced).
     num_samples: number of Monte Carlo draws B (a Python int >= 1). Required with `key`; optional with `noise`,
       where it must equal `noise.shape[0]`.
-    key: a `jax.random` key; `num_samples` standard normals per score are drawn with it. Exactly one of `key` and
-      `noise` must be given.
+    key: a `jax.random` key; `num_samples` standard normals per score are drawn with it, exactly
+      `jax.random.normal(key, (num_samples, *scores.shape))` in the compute dtype. Threefry keys (JAX's default) use
+      the library's own, faster implementation of the same draws; other implementations (e.g.
+      `jax.random.key(seed, impl="rbg")`) go through `jax.random.normal`. Exactly one of `key` and `noise` must be
+      given.
     noise: explicit standard-normal draws of shape `[B, *scores.shape]`, for reproducibility and tests.
-    selection: the exact selection algorithm, one of `SELECTIONS` (all give identical results); `"auto"` picks the
-      fastest for the backend.
+    selection: the exact selection algorithm, one of `SELECTIONS` (all give identical results, see the module
+      docstring); `"auto"` picks the fastest for the backend.
 
   Returns:
     An array of shape `scores.shape[:-1]` and dtype `scores.dtype`.
@@ -401,18 +408,12 @@ def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=
   _checks.check_scalar(epsilon, "epsilon")
   _checks.check_nonnegative(epsilon, "epsilon")
   selection = _resolve_selection(selection, k)
-  noise, key_data, num_samples = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise)
-  if key_data is not None:
-    return _noised_kth_keyed_jit(scores, key_data, epsilon, k, num_samples, selection)
+  noise = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise)
   return _noised_kth_jit(scores, lax.stop_gradient(noise), epsilon, k, selection)
 
 
 def _resolve_noise(scores, *, num_samples, key, noise):
-  """The draws from exactly one of `key` and `noise`: `(noise, key_data, B)`.
-
-  `key_data` (the `uint32[2]` data of a Threefry key) is set, and `noise` None, when the library's fused generator can
-  draw the same numbers as `jax.random.normal(key, (B, *scores.shape))`; otherwise `noise` holds the draws.
-  """
+  """Returns the `[B, *scores.shape]` standard-normal draws from exactly one of `key` and `noise`."""
   if (key is None) == (noise is None):
     raise ValueError("Exactly one of `key` and `noise` must be given "
                      f"(got key={'None' if key is None else 'a key'}, noise={'None' if noise is None else 'an array'}).")
@@ -420,12 +421,8 @@ def _resolve_noise(scores, *, num_samples, key, noise):
     if num_samples is None:
       raise ValueError("`num_samples` is required when `key` is given.")
     num_samples = _checks.check_int(num_samples, "num_samples", minimum=1)
-    shape = (num_samples,) + tuple(scores.shape)
     cdtype = _checks.compute_dtype(scores.dtype)
-    key_data = _threefry_key_data(key, shape, cdtype)
-    if key_data is not None:
-      return None, key_data, num_samples
-    return jax.random.normal(key, shape, cdtype), None, num_samples
+    return _standard_normal(key, (num_samples,) + tuple(scores.shape), cdtype)
   if not hasattr(noise, "shape"):
     noise = jnp.asarray(noise)
   if not jnp.issubdtype(noise.dtype, jnp.floating):
@@ -437,16 +434,18 @@ def _resolve_noise(scores, *, num_samples, key, noise):
     num_samples = _checks.check_int(num_samples, "num_samples", minimum=1)
     if num_samples != noise.shape[0]:
       raise ValueError(f"`num_samples`={num_samples} does not match noise.shape[0]={noise.shape[0]}.")
-  return noise, None, noise.shape[0]
+  return noise
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Noise generation.
 #
-# On CPU, `jax.random.normal` runs the Threefry hash as a rolled loop over whole arrays (a choice that keeps compile
-# times short), so it cannot fuse with anything and costs several passes over memory. `_threefry_normal` computes
-# the *same* numbers (same counters, same bits, same float conversion) with the 20 rounds unrolled into plain
-# element-wise operations, which XLA fuses into one loop and, under `jit`, with the perturbation that consumes them.
+# `jax.random.normal` on CPU runs the Threefry hash as a loop over whole arrays (rolled, which keeps compile times
+# short): several passes over memory. `_threefry_normal` computes the *same* numbers (same counters, same bits, same
+# float conversion) with the 20 rounds unrolled into element-wise operations that XLA compiles into one loop, about
+# twice as fast on CPU (benchmarks/RESULTS.md). Keys of other implementations (`rbg`, `unsafe_rbg`), other dtypes and
+# JAX's non-partitionable Threefry mode use `jax.random.normal` itself, so a key always gives exactly the draws
+# `jax.random.normal(key, (B, *scores.shape), compute dtype)`.
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _THREEFRY_PARITY = 0x1BD11BDA
@@ -490,9 +489,32 @@ def _threefry_normal_at(key_data, counts):
 @functools.partial(jax.jit, static_argnums=(1,))
 def _threefry_normal(key_data, shape):
   """`jax.random.normal(key, shape, float32)` for the Threefry key with data `key_data`, bit for bit."""
-  return _threefry_normal_at(key_data, lax.iota(jnp.uint32, math.prod(shape)).reshape(shape))
+  # Generated flat: XLA:CPU vectorizes the inner loop, which would otherwise be only as long as the last axis.
+  draw = lambda offset: _threefry_normal_at(key_data, lax.iota(jnp.uint32, math.prod(shape)) + offset).reshape(shape)
+  if jax.default_backend() != "cpu":
+    return draw(np.uint32(0))
+  # XLA:CPU fuses cheap element-wise producers into each of their consumers, also into those that read every element
+  # many times (the all-pairs ranking of "tournament", the passes of "max_mask"): the hash would be recomputed per
+  # read, up to 15x slower. Computing the draws in a loop XLA cannot remove makes it store them once.
+  return _computed_once(draw, opaque_true=key_data[0] != key_data[0] + np.uint32(1))
 
 
+def _computed_once(compute, *, opaque_true):
+  """`compute(zero)` evaluated inside a `while_loop` that runs exactly once, so that XLA stores the result instead of
+  fusing the computation into its consumers.
+
+  `opaque_true` must be true at run time without being a constant XLA can fold (it would then remove the loop:
+  still correct, only slower). `zero` is a uint32 0 that changes across (non-executed) iterations; the result must
+  depend on it, or XLA hoists the computation out of the loop and stores it twice.
+  """
+  out = jax.eval_shape(compute, np.uint32(0))
+
+  def body(carry):
+    go, zero, _ = carry
+    return jnp.logical_not(go), zero + np.uint32(1), compute(zero)
+
+  init = (opaque_true, np.uint32(0), jnp.zeros(out.shape, out.dtype))
+  return lax.while_loop(lambda carry: carry[0], body, init)[2]
 def _threefry_key_data(key, shape, dtype):
   """The `uint32[2]` data of `key` when `_threefry_normal` reproduces `jax.random.normal(key, shape, dtype)`, else
   None (other key implementations, dtypes other than float32, JAX's non-partitionable Threefry mode, 2**32 draws or

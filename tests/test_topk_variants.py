@@ -1,9 +1,11 @@
 """Every selection variant of the top-k operators gives the same values, indices and gradients as "sort".
 
 Also covers what the fast paths rely on: the library's Threefry generator reproduces `jax.random.normal` bit for bit
-(so a key gives the same draws on every path), the two-level "chunked" tournament on the inputs that could break it
+(so a key gives the same draws on every path), the two-level "tournament" tournament on the inputs that could break it
 (ties across chunks, a short last chunk, `-inf`, the k largest all in one chunk), and what "auto" resolves to.
 """
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -26,7 +28,7 @@ def _random(shape, seed):
 
 
 def _tied(shape, seed, with_inf=False):
-  """Small integers: many exact ties, within and across chunks; optionally some -inf entries."""
+  """Small integers: many exact ties, within and across groups; optionally some -inf entries."""
   x = np.random.default_rng(seed).integers(0, 3, size=shape).astype(np.float32)
   if with_inf:
     x[x == 0] = -np.inf
@@ -35,10 +37,10 @@ def _tied(shape, seed, with_inf=False):
 
 def test_selections_list_every_variant():
   assert ntk.SELECTIONS[0] == "auto"
-  assert set(ntk.SELECTIONS) == {"auto", "top_k", "sort", "max_mask", "chunked", "approx_max_k"}
+  assert set(ntk.SELECTIONS) == {"auto", "top_k", "sort", "max_mask", "tournament", "approx_max_k"}
 
 
-@pytest.mark.parametrize("backend,want", [("cpu", "chunked"), ("gpu", "top_k"), ("tpu", "chunked"),
+@pytest.mark.parametrize("backend,want", [("cpu", "tournament"), ("gpu", "top_k"), ("tpu", "tournament"),
                                           ("some_new_backend", "top_k")])
 def test_auto_picks_per_backend_and_stays_overridable(monkeypatch, backend, want):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
@@ -49,15 +51,15 @@ def test_auto_picks_per_backend_and_stays_overridable(monkeypatch, backend, want
 
 def test_auto_on_this_backend():
   backend = jax.default_backend()
-  want = {"cpu": "chunked", "gpu": "top_k", "tpu": "chunked"}.get(backend, "top_k")
+  want = {"cpu": "tournament", "gpu": "top_k", "tpu": "tournament"}.get(backend, "top_k")
   assert topk_lib._resolve_selection("auto", 3) == want
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Hard k-th largest: indices, values and gradients.
 
-# (L, k): chunked engages for L >= ~4k (short last chunk for most L), falls back to passes for small L or large k,
-# and runs its passes in a loop beyond 16 ranks.
+# (L, k): "tournament" ranks short rows whole, builds 1 to 3 levels for longer ones (with a short last group for most
+# L), and uses chunks and passes for k > 12 (in a loop beyond 16 ranks).
 HARD_CASES = [(2, 2), (10, 3), (37, 3), (100, 20), (100, 100), (257, 1), (257, 7), (1081, 6), (1081, 40)]
 
 
@@ -105,43 +107,56 @@ def test_kth_largest_values_and_gradients_identical(num_classes, k, dtype, use_j
       np.testing.assert_array_equal(np.asarray(grad, np.float64), np.asarray(want_grad, np.float64), variant)
 
 
-def test_chunked_adversarial_rows():
-  num_classes, k = 1081, 6
-  size, _ = topk_lib._chunk_layout(num_classes, k)
+@pytest.mark.parametrize("k", [1, 2, 6, 12, 13, 20])
+def test_tournament_adversarial_rows(k):
+  num_classes = 1081
+  layout = topk_lib._tournament_layout(num_classes, k)
+  size = layout[0] if layout else topk_lib._chunk_layout(num_classes, k)[0]
   rows = []
   row = np.zeros(num_classes, np.float32)
-  row[100:100 + k] = 5.0 + np.arange(k)  # the k largest all in one or two chunks
+  row[100:100 + 20] = 5.0 + np.arange(20)  # the k largest all in one or two groups
   rows.append(row)
   row = np.zeros(num_classes, np.float32)
-  row[-3:] = [7.0, 9.0, 8.0]  # the largest in the short last chunk
+  row[-3:] = [7.0, 9.0, 8.0]  # the largest in the short last group
   rows.append(row)
-  row = np.ones(num_classes, np.float32)  # constant: the k-th is index k-1
-  rows.append(row)
+  rows.append(np.ones(num_classes, np.float32))  # constant: the k-th is index k-1
   row = np.full(num_classes, -np.inf, np.float32)  # -inf everywhere but two entries
   row[[5, 900]] = [1.0, 2.0]
   rows.append(row)
+  for offset in (0, size - 1, 1):  # every group has the same maximum, at its first / last / second entry
+    row = np.zeros(num_classes, np.float32)
+    row[offset::size] = 3.0
+    rows.append(row)
   row = np.zeros(num_classes, np.float32)
-  row[::size] = 3.0  # every chunk has the same maximum, at its first entry
-  rows.append(row)
-  row = np.zeros(num_classes, np.float32)
-  row[size - 1::size] = 3.0  # ... at its last entry
+  row[::size * size] = 3.0  # equal maxima of whole groups of groups (the second level)
   rows.append(row)
   x = np.stack(rows)
-  for kk in (1, 2, k, 13):
-    want = np.argsort(-x.astype(np.float64), axis=-1, kind="stable")[..., kk - 1]
-    got = jax.jit(lambda s, kk=kk: topk_lib._select_kth(s, kk, "chunked"))(jnp.asarray(x))
-    np.testing.assert_array_equal(np.asarray(got), want, err_msg=str(kk))
+  want = np.argsort(-x.astype(np.float64), axis=-1, kind="stable")[..., k - 1]
+  got = jax.jit(lambda s: topk_lib._select_kth(s, k, "tournament"))(jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(got), want)
 
 
-@pytest.mark.parametrize("num_classes,k", [(3, 1), (8, 2), (10, 3), (100, 50), (100, 100), (1081, 300)])
-def test_chunk_layout_only_when_it_pays(num_classes, k):
+@pytest.mark.parametrize("num_classes,k", [(3, 1), (48, 6), (49, 6), (100, 6), (1081, 2), (1081, 6), (5000, 12)])
+def test_tournament_layout(num_classes, k):
+  size, levels = topk_lib._tournament_layout(num_classes, k)
+  assert size >= 2 and k * size <= topk_lib._PAIRWISE_CANDIDATES
+  assert levels[0] == num_classes and levels[-1] <= topk_lib._PAIRWISE_TOP
+  assert all(b == -(-a // size) for a, b in zip(levels, levels[1:]))
+  x = _random((2, num_classes), 1)
+  want = np.argsort(-x, axis=-1, kind="stable")[..., k - 1]
+  np.testing.assert_array_equal(np.asarray(topk_lib._select_kth(jnp.asarray(x), k, "tournament")), want)
+
+
+@pytest.mark.parametrize("num_classes,k", [(20, 13), (100, 50), (100, 100), (1081, 40), (1081, 300)])
+def test_tournament_large_k_uses_chunks_and_passes(num_classes, k):
+  assert topk_lib._tournament_layout(num_classes, k) is None
   layout = topk_lib._chunk_layout(num_classes, k)
   if layout is not None:
     size, groups = layout
     assert groups > k and k * size < num_classes and groups == -(-num_classes // size)
-  x = _random((2, num_classes), 1)
+  x = _tied((2, num_classes), k)
   want = np.argsort(-x, axis=-1, kind="stable")[..., k - 1]
-  np.testing.assert_array_equal(np.asarray(topk_lib._select_kth(jnp.asarray(x), k, "chunked")), want)
+  np.testing.assert_array_equal(np.asarray(topk_lib._select_kth(jnp.asarray(x), k, "tournament")), want)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -219,7 +234,7 @@ def test_noised_key_under_vmap_and_fold_in():
   shape, k, num_samples = (3, 257), 4, 5
   scores = jnp.asarray(_random(shape, 9))
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(3), i))(jnp.arange(4))
-  for variant in ("chunked", "sort"):
+  for variant in ("tournament", "sort"):
     f = lambda key, v=variant: jax.value_and_grad(
         lambda s: ntk.noised_kth_largest(s, k, epsilon=0.2, num_samples=num_samples, key=key, selection=v).sum())(
             scores)
@@ -284,12 +299,21 @@ def test_threefry_normal_is_jax_random_normal_bit_for_bit(shape):
   for key in (jax.random.key(0), jax.random.key(2**31 + 17), jax.random.fold_in(jax.random.key(5), 7),
               jax.random.split(jax.random.key(1), 3)[2], jax.random.PRNGKey(9)):
     want = np.asarray(jax.random.normal(key, shape, jnp.float32))
+    key_data = topk_lib._threefry_key_data(key, shape, jnp.float32)
+    assert key_data is not None
+    np.testing.assert_array_equal(np.asarray(topk_lib._threefry_normal(key_data, shape)), want)
     got = jax.jit(lambda k: topk_lib._standard_normal(k, shape, jnp.float32))(key)
     np.testing.assert_array_equal(np.asarray(got), want)
     counts = jnp.asarray([0, want.size - 1, want.size // 2], jnp.uint32)
-    key_data = topk_lib._threefry_key_data(key, shape, jnp.float32)
     np.testing.assert_array_equal(np.asarray(topk_lib._threefry_normal_at(key_data, counts)),
                                   want.reshape(-1)[np.asarray(counts)])
+
+
+def test_threefry_normal_under_vmap_and_grad_free():
+  keys = jax.random.split(jax.random.key(4), 3)
+  want = jax.vmap(lambda k: jax.random.normal(k, (4, 9)))(keys)
+  got = jax.jit(jax.vmap(lambda k: topk_lib._standard_normal(k, (4, 9), jnp.float32)))(keys)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_threefry_key_data_declines_what_it_cannot_reproduce():
@@ -301,3 +325,19 @@ def test_threefry_key_data_declines_what_it_cannot_reproduce():
   assert topk_lib._threefry_key_data(jax.random.key(0), (2**16, 2**16), jnp.float32) is None
   with jax.threefry_partitionable(False):
     assert topk_lib._threefry_key_data(jax.random.key(0), shape, jnp.float32) is None
+    # ... and the operator then draws jax.random.normal's (non-partitionable) numbers.
+    scores = jnp.asarray(_random((3, 10), 5))
+    key = jax.random.key(6)
+    noise = jax.random.normal(key, (4, 3, 10))
+    got = ntk.noised_kth_largest(scores, 2, epsilon=0.5, num_samples=4, key=key)
+    want = ntk.noised_kth_largest(scores, 2, epsilon=0.5, noise=noise)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_computed_once_is_exact_also_under_vmap():
+  compute = lambda x, zero: jnp.arange(6.0).reshape(2, 3) * x + zero.astype(jnp.float32)
+  once = lambda x: topk_lib._computed_once(functools.partial(compute, x), opaque_true=x != x + 1)
+  want = lambda x: compute(x, np.uint32(0))
+  np.testing.assert_array_equal(np.asarray(jax.jit(once)(jnp.float32(2.0))), np.asarray(want(2.0)))
+  xs = jnp.asarray([1.0, -3.0, 0.5], jnp.float32)
+  np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(once))(xs)), np.asarray(jax.vmap(want)(xs)))
