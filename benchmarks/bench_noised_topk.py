@@ -66,7 +66,8 @@ def _naive_loss(logits, labels, margins, key, *, k, num_samples, autodiff_select
   if autodiff_selection == "top_k":
     kth = lax.top_k(perturbed, k + 1)[0][..., k]
   else:  # The library's selection, but plain autodiff through the gather instead of the custom VJP.
-    idx = ntk_topk._select_kth(lax.stop_gradient(perturbed), k + 1, autodiff_selection)  # pylint: disable=protected-access
+    select_kth = ntk_topk._select_kth  # pylint: disable=protected-access
+    idx = select_kth(lax.stop_gradient(perturbed), k + 1, autodiff_selection)
     kth = jnp.take_along_axis(perturbed, idx[..., None], axis=-1)[..., 0]
   top = jnp.mean(kth, axis=0)
   true_score = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
@@ -167,10 +168,13 @@ def run(shapes, *, repeats, variants, max_seconds):
                                      calls=calls)
     detail = common.interleaved_times(slow, repeats=repeats, warmup=1, max_seconds=max_seconds)
     t = {name: common.median_ms(v) for name, v in {**main, **detail}.items()}
-    best_torch = min(t["torch_kthvalue"], t["torch_topk"])
+    # Ratios: medians of the per-round ratios (both times of a round were taken back to back, under the same load),
+    # steadier on a shared machine than ratios of medians.
+    ratio = lambda a, b: common.median_ratio(main[a], main[b])
+    best_torch = "torch_kthvalue" if t["torch_kthvalue"] < t["torch_topk"] else "torch_topk"
     rows.append((n, num_classes, num_samples, k, t["jax"], t["torch_kthvalue"], t["torch_topk"], t["floor"],
-                 t["torch_kthvalue"] / t["jax"], best_torch / t["jax"], t["jax"] / t["floor"],
-                 t["jax"] / t["own_generator"]))
+                 ratio("torch_kthvalue", "jax"), ratio(best_torch, "jax"), ratio("jax", "floor"),
+                 ratio("jax", "own_generator")))
     detail_rows.append((n, num_classes, num_samples, k, t["own_generator"],
                         *[t[f"sel_{s}"] for s in variants], t["naive_top_k"]))
     memory_rows.append((n, num_classes, num_samples, k, *_memory_row(j_logits, j_labels, j_margins, k, num_samples)))
@@ -189,10 +193,11 @@ def _format(header, rows, detail_rows, memory_rows, variants, auto, repeats, loa
   out = ["## Noised top-K loss: forward + backward", "", *header,
          f"- Load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in load_before)}, after: "
          f"{' / '.join(f'{x:.2f}' for x in load_after)}",
-         f"- Medians of {repeats} interleaved rounds; eps {EPSILON}, scale {SCALE}, per-class margins (max {MAX_MARGIN})"
-         f", K+1-th largest; `auto` = `{auto}` on this backend.", "",
-         "Times in ms. torch/JAX > 1: JAX is faster. JAX/floor: the loss's time over `jax.random.normal` of "
-         "`[B, N, L]` alone; JAX/own gen.: over the library's (bit-identical, fused) generator alone.", "",
+         f"- Medians of {repeats} interleaved rounds; eps {EPSILON}, scale {SCALE}, per-class margins "
+         f"(max {MAX_MARGIN}), K+1-th largest; `auto` = `{auto}` on this backend.", "",
+         "Times in ms (medians). Ratios are medians of the per-round ratios. torch/JAX > 1: JAX is faster; best "
+         "torch: the faster of the two PyTorch variants. JAX/floor: the loss's time over `jax.random.normal` of "
+         "`[B, N, L]` alone; JAX/own gen.: over the library's own (bit-identical, unrolled) generator alone.", "",
          "| N | L | B | K | JAX | torch kthvalue | torch topk | floor | torch(kthvalue)/JAX | best torch/JAX "
          "| JAX/floor | JAX/own gen. |",
          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -221,7 +226,7 @@ def _format(header, rows, detail_rows, memory_rows, variants, auto, repeats, loa
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--shapes", nargs="*", default=None, help="N,L,B,K tuples (default: the issue's five)")
-  parser.add_argument("--repeats", type=int, default=30)
+  parser.add_argument("--repeats", type=int, default=60)
   parser.add_argument("--max-seconds", type=float, default=5.0,
                       help="time budget per slow variant and shape (at least 3 calls each)")
   parser.add_argument("--variants", default=",".join(VARIANTS), help="selections timed in the detail table")

@@ -38,6 +38,11 @@ def median_ms(samples):
   return 1e3 * statistics.median(samples)
 
 
+def median_ratio(numerators, denominators):
+  """Median of the element-wise ratios of two equally long lists of times (one pair per interleaved round)."""
+  return statistics.median(a / b for a, b in zip(numerators, denominators))
+
+
 def load_average():
   try:
     return os.getloadavg()

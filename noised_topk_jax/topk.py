@@ -442,8 +442,8 @@ def _resolve_noise(scores, *, num_samples, key, noise):
 #
 # `jax.random.normal` on CPU runs the Threefry hash as a loop over whole arrays (rolled, which keeps compile times
 # short): several passes over memory. `_threefry_normal` computes the *same* numbers (same counters, same bits, same
-# float conversion) with the 20 rounds unrolled into element-wise operations that XLA compiles into one loop, about
-# twice as fast on CPU (benchmarks/RESULTS.md). Keys of other implementations (`rbg`, `unsafe_rbg`), other dtypes and
+# float conversion) with the 20 rounds unrolled into element-wise operations that XLA compiles into one loop,
+# about 2x faster on CPU (benchmarks/RESULTS.md). Keys of other implementations (`rbg`, `unsafe_rbg`), other dtypes and
 # JAX's non-partitionable Threefry mode use `jax.random.normal` itself, so a key always gives exactly the draws
 # `jax.random.normal(key, (B, *scores.shape), compute dtype)`.
 
@@ -515,6 +515,8 @@ def _computed_once(compute, *, opaque_true):
 
   init = (opaque_true, np.uint32(0), jnp.zeros(out.shape, out.dtype))
   return lax.while_loop(lambda carry: carry[0], body, init)[2]
+
+
 def _threefry_key_data(key, shape, dtype):
   """The `uint32[2]` data of `key` when `_threefry_normal` reproduces `jax.random.normal(key, shape, dtype)`, else
   None (other key implementations, dtypes other than float32, JAX's non-partitionable Threefry mode, 2**32 draws or
