@@ -63,6 +63,8 @@ def _base_type(annotation):
 _FIELD_TYPES = {f.name: _base_type(f.type) for f in dataclasses.fields(config_lib.Config)}
 
 for _name, _type in _FIELD_TYPES.items():
+  if _name in FLAGS:  # Already defined by experiments.reproduce (data_dir, pretrained_weights): same meaning.
+    continue
   _help = _HELP.get(_name, _name.replace("_", " ").capitalize() + ".") + " Overrides the preset."
   if _type is bool:
     flags.DEFINE_boolean(_name, None, _help)

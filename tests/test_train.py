@@ -229,7 +229,7 @@ def test_a_workdir_of_another_config_is_refused(fashion_dir, tmp_path):
 
 
 def test_every_preset_validates_and_names_its_command():
-  assert len(configs.PRESETS) == 1 + 6 + 8 * 11
+  assert len(configs.PRESETS) == 1 + 6 + 8 * 11 + 2 * (8 + 4 * 3)
   for name, preset in configs.PRESETS.items():
     config_lib.validate(preset.config)
     assert preset.command.startswith(f"python -m experiments.train --config={name}")

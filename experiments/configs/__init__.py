@@ -23,9 +23,10 @@ def _command(name, extra=""):
 def _registry():
   from experiments.configs import cifar_lt  # pylint: disable=g-import-not-at-top
   from experiments.configs import default  # pylint: disable=g-import-not-at-top
+  from experiments.configs import fashion_mnist_lt  # pylint: disable=g-import-not-at-top
   from experiments.configs import plantnet  # pylint: disable=g-import-not-at-top
   presets = {}
-  for module in (default, plantnet, cifar_lt):
+  for module in (default, plantnet, cifar_lt, fashion_mnist_lt):
     for name, (description, config, extra) in module.presets().items():
       if name in presets:
         raise ValueError(f"Duplicate preset name {name!r}.")

@@ -1,0 +1,275 @@
+"""Turns the `results.json` of a grid's runs into the papers' tables, a CSV, plots and (Fashion-MNIST) claim checks."""
+import csv
+import json
+import math
+import os
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+Cell = Tuple[str, str, int]  # (row, setting, K)
+
+
+def load_results(runs, workdir_root) -> Dict[str, dict]:
+  """run name -> its results.json, for the runs that finished."""
+  out = {}
+  for run in runs:
+    path = os.path.join(workdir_root, run.name, "results.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        out[run.name] = json.load(f)
+  return out
+
+
+def run_value(results: dict, metric: str, k: int) -> float:
+  """The table's number for one run, in %."""
+  test = results["test"]
+  if metric == "macro_topk":
+    return 100.0 * test[f"macro_top{k}_accuracy"]
+  if metric == "top1_error":
+    return 100.0 * (1.0 - test["top1_accuracy"])
+  raise ValueError(f"Unknown metric {metric!r}.")
+
+
+def collect_cells(grid, runs, results) -> Dict[Cell, List[float]]:
+  cells = {}
+  for run in runs:
+    if run.name in results:
+      for k in run.ks:
+        cells.setdefault((run.row, run.setting, k), []).append(run_value(results[run.name], grid.metric, k))
+  return cells
+
+
+def mean_std(values):
+  values = np.asarray(values, np.float64)
+  std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
+  return float(values.mean()), std
+
+
+def _format(values, expected_n):
+  mean, std = mean_std(values)
+  text = f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+  if len(values) != expected_n:
+    text += f" (n={len(values)})"
+  return text
+
+
+def markdown_table(grid, cells, num_seeds) -> str:
+  """Rows = methods; columns = (setting, K); cells = mean ± std over seeds; best mean per column in bold."""
+  columns = [(s, k) for s in grid.settings for k in grid.ks]
+  metric = "top-1 error (%)" if grid.metric == "top1_error" else "macro top-{K} (%)"
+  headers = []
+  for s, k in columns:
+    label = metric.replace("{K}", str(k))
+    headers.append(f"{grid.settings[s]}: {label}" if len(grid.settings) > 1 else label)
+  lines = ["| method | " + " | ".join(headers) + " |", "|---|" + "---|" * len(columns)]
+  best = {}
+  for s, k in columns:
+    means = {row: mean_std(cells[(row, s, k)])[0] for row in grid.rows if (row, s, k) in cells}
+    if means:
+      pick = min if grid.metric == "top1_error" else max
+      best[(s, k)] = pick(means, key=means.get)
+  for row, label in grid.rows.items():
+    parts = []
+    for s, k in columns:
+      values = cells.get((row, s, k))
+      text = "—" if not values else _format(values, num_seeds)
+      if values and best.get((s, k)) == row:
+        text = f"**{text}**"
+      if (row, s, k) in grid.paper:
+        text += f" [paper {grid.paper[(row, s, k)]:.2f}]"
+      parts.append(text)
+    lines.append(f"| {label} | " + " | ".join(parts) + " |")
+  return "\n".join(lines)
+
+
+def write_csvs(grid, runs, results, cells, output_dir):
+  with open(os.path.join(output_dir, "table.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["grid", "row", "method", "setting", "k", "metric", "mean", "std", "num_seeds", "paper"])
+    for row, label in grid.rows.items():
+      for s in grid.settings:
+        for k in grid.ks:
+          if (row, s, k) in cells:
+            mean, std = mean_std(cells[(row, s, k)])
+            w.writerow([grid.name, row, label, s, k, grid.metric, f"{mean:.4f}",
+                        "" if math.isnan(std) else f"{std:.4f}", len(cells[(row, s, k)]),
+                        grid.paper.get((row, s, k), "")])
+  eval_ks = sorted({k for r in results.values() for k in r["config"]["eval_ks"]})
+  with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["run", "preset", "row", "setting", "seed", "ks"]
+               + [f"{p}top{k}_accuracy" for k in eval_ks for p in ("", "macro_")]
+               + ["best_epoch", "train_seconds", "backend", "num_devices"])
+    for run in runs:
+      r = results.get(run.name)
+      if r is None:
+        continue
+      metrics = [f"{r['test'][f'{p}top{k}_accuracy']:.4f}" if f"top{k}_accuracy" in r["test"] else ""
+                 for k in eval_ks for p in ("", "macro_")]
+      w.writerow([run.name, run.preset, run.row, run.setting, run.seed, " ".join(map(str, run.ks))] + metrics
+                 + [r["best_epoch"], f"{r['train_seconds']:.1f}", r["backend"], r["num_devices"]])
+
+
+def per_class_means(grid, runs, results, setting, k):
+  """row -> (train counts, mean per-class top-k accuracy over seeds) for one setting."""
+  out = {}
+  for row in grid.rows:
+    accs, counts = [], None
+    for run in runs:
+      r = results.get(run.name)
+      if r is None or run.row != row or run.setting != setting or k not in run.ks:
+        continue
+      table = r["per_class"]
+      counts = np.array([c["train_count"] for c in table.values()], np.float64)
+      accs.append([np.nan if c.get(f"top{k}_accuracy") is None else c[f"top{k}_accuracy"] for c in table.values()])
+    if accs:
+      out[row] = (counts, 100.0 * np.nanmean(np.asarray(accs, np.float64), axis=0))
+  return out
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_per_class(grid, runs, results, setting, path):
+  """One panel per K: per-class test top-K accuracy (mean over seeds) against the class's training images."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(grid.ks), figsize=(5.2 * len(grid.ks), 4.6), dpi=100, squeeze=False)
+  colours = plt.get_cmap("tab20")
+  for ax, k in zip(axes[0], grid.ks):
+    for i, (row, (counts, acc)) in enumerate(per_class_means(grid, runs, results, setting, k).items()):
+      order = np.argsort(counts)
+      ax.plot(counts[order], acc[order], marker="o", ms=3, lw=1.2, color=colours(i % 20), label=grid.rows[row])
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class (log scale)")
+    ax.set_ylabel(f"per-class test top-{k} accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{grid.settings[setting]}, top-{k}")
+  handles, labels = axes[0][0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc="lower center", ncol=min(6, max(1, len(labels))), fontsize=8)
+  fig.tight_layout(rect=(0, 0.12, 1, 1))
+  fig.savefig(path)
+  plt.close(fig)
+
+
+def plot_bars(grid, cells, setting, path):
+  """Grouped bars: the table's metric by method, one bar per K, error bars = std over seeds."""
+  plt = _pyplot()
+  rows = [r for r in grid.rows if any((r, setting, k) in cells for k in grid.ks)]
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(rows) + 2), 4.6), dpi=100)
+  width = 0.8 / len(grid.ks)
+  x = np.arange(len(rows))
+  for j, k in enumerate(grid.ks):
+    stats = [mean_std(cells[(r, setting, k)]) if (r, setting, k) in cells else (np.nan, np.nan) for r in rows]
+    means = [m for m, _ in stats]
+    stds = [0.0 if math.isnan(s) else s for _, s in stats]
+    label = "top-1 error" if grid.metric == "top1_error" else f"macro top-{k}"
+    ax.bar(x + (j - (len(grid.ks) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=label)
+  ax.set_xticks(x)
+  ax.set_xticklabels([grid.rows[r] for r in rows], rotation=35, ha="right", fontsize=8)
+  ax.set_ylabel("%")
+  ax.grid(axis="y", alpha=0.3)
+  values = [m for (r, s, _), v in cells.items() if s == setting for m in [mean_std(v)[0]]]
+  if values and grid.metric == "macro_topk":
+    ax.set_ylim(max(0.0, min(values) - 10), 100)
+  ax.legend(fontsize=8)
+  ax.set_title(f"{grid.settings[setting]}")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
+# --- Claims of the papers, checked on the Fashion-MNIST grid ----------------------------------------------------------
+def _diff(cells, a, b, s, k):
+  """(mean_a - mean_b, its standard error) over seeds."""
+  va, vb = np.asarray(cells[(a, s, k)]), np.asarray(cells[(b, s, k)])
+  se = math.sqrt((va.var(ddof=1) / va.size if va.size > 1 else 0.0) + (vb.var(ddof=1) / vb.size if vb.size > 1 else 0.0))
+  return float(va.mean() - vb.mean()), se
+
+
+def _verdict(delta, se):
+  if delta > 2 * se:
+    return "holds"
+  if delta >= 0:
+    return "holds, within noise"
+  if delta >= -2 * se:
+    return "fails, within noise"
+  return "fails"
+
+
+def fashion_claims(cells) -> List[str]:
+  """Markdown lines: each of the papers' three claims, per (setting, K), with the numbers behind the verdict.
+
+  "within noise" = the difference of means is smaller than twice its standard error over seeds.
+  """
+  from experiments.configs import fashion_mnist_lt as fm  # pylint: disable=g-import-not-at-top
+  labels = {m: label for m, (label, _, _) in fm.METHODS.items()}
+  lines = []
+
+  def have(*rows):
+    return all((r, s, k) in cells for r in rows)
+
+  def best(group):
+    present = [r for r in group if (r, s, k) in cells]
+    return max(present, key=lambda r: np.mean(cells[(r, s, k)]))
+
+  lines.append("**Claim 1: imbalanced losses beat balanced ones on macro metrics.** Best loss of each group (balanced: "
+               f"{', '.join(labels[m] for m in fm.BALANCED)}; imbalance-aware: "
+               f"{', '.join(labels[m] for m in fm.IMBALANCED)}), and the paired comparisons.")
+  lines.append("")
+  lines.append("| setting | K | best balanced | best imbalance-aware | difference | verdict | noised imb. - noised bal. "
+               "| LDAM - CE | CE-DRW - CE |")
+  lines.append("|---|---|---|---|---|---|---|---|---|")
+  for s, _, _ in [(n, p, r) for n, p, r in fm.SETTINGS]:
+    for k in fm.KS:
+      if not all(any((r, s, k) in cells for r in g) for g in (fm.BALANCED, fm.IMBALANCED)):
+        continue
+      b, i = best(fm.BALANCED), best(fm.IMBALANCED)
+      d, se = _diff(cells, i, b, s, k)
+      pairs = []
+      for a, c in (("noised_imbalanced", "noised_balanced"), ("ldam", "ce"), ("ce_drw", "ce")):
+        if have(a, c):
+          pd, pse = _diff(cells, a, c, s, k)
+          pairs.append(f"{pd:+.2f} ± {pse:.2f} ({_verdict(pd, pse)})")
+        else:
+          pairs.append("—")
+      lines.append(f"| {s} | {k} | {labels[b]} {np.mean(cells[(b, s, k)]):.2f} | {labels[i]} "
+                   f"{np.mean(cells[(i, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} | "
+                   + " | ".join(pairs) + " |")
+  lines.append("")
+  lines.append("**Claim 2: the imbalanced noised top-K loss is best on macro top-K.** Its rank among all "
+               f"{len(fm.METHODS)} methods and its difference to the best other method.")
+  lines.append("")
+  lines.append("| setting | K | noised imbalanced | rank | best other method | difference | verdict |")
+  lines.append("|---|---|---|---|---|---|---|")
+  for s, _, _ in fm.SETTINGS:
+    for k in fm.KS:
+      if ("noised_imbalanced", s, k) not in cells:
+        continue
+      present = sorted((r for r in fm.METHODS if (r, s, k) in cells), key=lambda r: -np.mean(cells[(r, s, k)]))
+      other = next(r for r in present if r != "noised_imbalanced") if len(present) > 1 else None
+      if other is None:
+        continue
+      d, se = _diff(cells, "noised_imbalanced", other, s, k)
+      lines.append(f"| {s} | {k} | {np.mean(cells[('noised_imbalanced', s, k)]):.2f} | "
+                   f"{present.index('noised_imbalanced') + 1} of {len(present)} | {labels[other]} "
+                   f"{np.mean(cells[(other, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} |")
+  lines.append("")
+  lines.append("**Claim 3: MM-DRW >= LDAM-DRW** (macro top-K accuracy).")
+  lines.append("")
+  lines.append("| setting | K | MM-DRW | LDAM-DRW | difference | verdict |")
+  lines.append("|---|---|---|---|---|---|")
+  for s, _, _ in fm.SETTINGS:
+    for k in fm.KS:
+      if have("mm_drw", "ldam_drw"):
+        d, se = _diff(cells, "mm_drw", "ldam_drw", s, k)
+        lines.append(f"| {s} | {k} | {np.mean(cells[('mm_drw', s, k)]):.2f} | "
+                     f"{np.mean(cells[('ldam_drw', s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} |")
+  lines.append("")
+  lines.append("Verdicts: \"holds\"/\"fails\" when the difference of the means exceeds twice its standard error over "
+               "seeds, \"within noise\" otherwise.")
+  return lines

@@ -1,0 +1,149 @@
+"""Grids of presets x seeds, named after the tables they reproduce (used by `experiments.reproduce`).
+
+A grid is a list of `Run`s (a preset, a seed, and the table cells the run fills) plus the table's layout: rows
+(methods), settings (column groups: datasets or imbalance profiles), the K of the columns, the metric (macro-average
+top-K accuracy or top-1 error, in %) and the papers' figures to print beside the measured ones.
+
+- `plantnet_table`: the noised top-K paper's Pl@ntNet-300K table (6 losses, K = 1, 3, 5, ResNet-50). Model
+  selection is on validation macro-average top-K, so every (loss, K) cell is its own run with `selection_k=K`; the
+  top-K losses also train with `k=K`.
+- `mm_table1`: Table 1 of the MM paper (11 methods x CIFAR-10/100-LT x exp/step x rho 100/10, ResNet-32): top-1 error
+  of the best test epoch (the LDAM-DRW/MM protocol).
+- `fashion_mnist_lt`: every loss of the library on long-tailed Fashion-MNIST (exp rho 100, step rho 10), K = 1, 2, 3;
+  it runs on a CPU (experiments/configs/fashion_mnist_lt.py).
+"""
+import dataclasses
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+from experiments import config as config_lib
+from experiments import configs
+from experiments.configs import cifar_lt
+from experiments.configs import fashion_mnist_lt
+from experiments.configs import plantnet
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One training run of a grid: `preset` with `seed`, filling the cells (row, setting, K) for K in `ks`."""
+  name: str
+  preset: str
+  seed: int
+  row: str
+  setting: str
+  ks: Tuple[int, ...]
+  config: config_lib.Config
+  overrides: Tuple[Tuple[str, object], ...] = ()  # Flags beyond the preset (besides --seed), in command form.
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  name: str
+  description: str
+  rows: Dict[str, str]  # row key -> label, in table order
+  settings: Dict[str, str]  # setting key -> column-group label, in table order
+  ks: Tuple[int, ...]
+  metric: str  # "macro_topk" (accuracy, %) or "top1_error" (%)
+  make_runs: Callable[[Sequence[int]], list]
+  paper: Dict[Tuple[str, str, int], float]  # (row, setting, K) -> the paper's figure (%)
+  data_flags: str  # What the user must add to run it for real (data location, weights).
+  default_seeds: Tuple[int, ...] = (0, 1, 2)
+  claims: Optional[Callable] = None  # cells -> markdown lines (fashion_mnist_lt only)
+
+  def runs(self, seeds: Sequence[int]):
+    return self.make_runs(tuple(seeds))
+
+
+def _run(preset, seed, row, setting, ks, **overrides):
+  config = configs.get_preset(preset).config.replace(seed=seed, **overrides)
+  config_lib.validate(config, explicitly_set=set(overrides))
+  extra = "_".join(f"{k}{v}" for k, v in sorted(overrides.items()))
+  name = f"{preset}{'_' + extra if extra else ''}_seed{seed}"
+  return Run(name=name, preset=preset, seed=seed, row=row, setting=setting, ks=tuple(ks), config=config,
+             overrides=tuple(sorted(overrides.items())))
+
+
+# --- Pl@ntNet-300K (noised top-K paper) -----------------------------------------------------------------------------
+_PLANTNET_ROWS = {"ce": "Cross-entropy", "smooth_svm": "Smooth top-K SVM (tau 0.1)",
+                  "noised_balanced": "Noised top-K, balanced (eps 1, B 5)", "focal": "Focal (gamma 2)",
+                  "ldam": "LDAM (max m 0.2)", "noised_imbalanced": "Noised top-K, imbalanced (eps 0.01, B 5, max m 0.2)"}
+_PLANTNET_PAPER = {"ce": (36.3, 58.8, 68.7), "smooth_svm": (35.7, 50.3, 50.9), "noised_balanced": (35.8, 58.7, 66.4),
+                   "focal": (37.6, 60.4, 69.7), "ldam": (40.6, 63.3, 71.9),
+                   "noised_imbalanced": (42.4, 64.9, 73.2)}
+_PLANTNET_KS = (1, 3, 5)
+
+
+def _plantnet_runs(seeds):
+  runs = []
+  for row in _PLANTNET_ROWS:
+    takes_k = row in config_lib.LOSS_HYPERPARAMETERS["k"]
+    for k in _PLANTNET_KS:
+      for seed in seeds:
+        changes = {"selection_k": k}
+        if takes_k and k != 5:  # The presets train with k = 5 (the released commands).
+          changes["k"] = k
+        runs.append(_run(f"plantnet_{row}", seed, row, "plantnet300k", (k,), **changes))
+  return runs
+
+
+# --- CIFAR-LT, MM paper Table 1 ---------------------------------------------------------------------------------------
+def _cifar_setting(column):
+  dataset, profile, ratio = column
+  return f"{dataset}_{profile}{ratio}"
+
+
+def _cifar_label(column):
+  dataset, profile, ratio = column
+  return f"{'CIFAR-10' if dataset == 'cifar10_lt' else 'CIFAR-100'} {profile} {ratio}"
+
+
+def _mm_runs(seeds):
+  return [_run(cifar_lt.preset_name(column, method), seed, method, _cifar_setting(column), (1,))
+          for column in cifar_lt.COLUMNS for method in cifar_lt.PAPER_TOP1_ERROR for seed in seeds]
+
+
+# --- Long-tailed Fashion-MNIST ----------------------------------------------------------------------------------------
+def _fashion_runs(seeds):
+  # Seeds outermost: a grid stopped early still has whole seeds.
+  return [_run(preset, seed, method, setting, (k,) if k else fashion_mnist_lt.KS)
+          for seed in seeds for preset, setting, method, k in fashion_mnist_lt.runs()]
+
+
+def _fashion_claims(cells):
+  from experiments import aggregate  # pylint: disable=g-import-not-at-top
+  return aggregate.fashion_claims(cells)
+
+
+GRIDS = {
+    "plantnet_table": Grid(
+        name="plantnet_table",
+        description="Pl@ntNet-300K, ResNet-50 pretrained on ImageNet: test macro-average top-K accuracy (%), "
+                    "model selected on validation macro top-K (noised top-K paper).",
+        rows=_PLANTNET_ROWS, settings={"plantnet300k": "Pl@ntNet-300K"}, ks=_PLANTNET_KS, metric="macro_topk",
+        make_runs=_plantnet_runs,
+        paper={(row, "plantnet300k", k): v for row, vals in _PLANTNET_PAPER.items()
+               for k, v in zip(_PLANTNET_KS, vals)},
+        data_flags="--data_dir=PLANTNET_300K_DIR --pretrained_weights=resnet50_imagenet.npz"),
+    "mm_table1": Grid(
+        name="mm_table1",
+        description="CIFAR-10/100-LT, ResNet-32: top-1 test error (%) of the best test epoch (the test set doubles as "
+                    "validation, as in the LDAM-DRW/MM protocol) (MM paper, Table 1).",
+        rows=dict(cifar_lt.METHOD_LABELS), settings={_cifar_setting(c): _cifar_label(c) for c in cifar_lt.COLUMNS},
+        ks=(1,), metric="top1_error", make_runs=_mm_runs,
+        paper={(method, _cifar_setting(c), 1): errors[i] for method, errors in cifar_lt.PAPER_TOP1_ERROR.items()
+               for i, c in enumerate(cifar_lt.COLUMNS)},
+        data_flags="--data_dir=TFDS_DATA_DIR"),
+    "fashion_mnist_lt": Grid(
+        name="fashion_mnist_lt",
+        description="Long-tailed Fashion-MNIST, small CNN, last epoch: test macro-average top-K accuracy (%) "
+                    "(balanced test set, so equal to top-K accuracy).",
+        rows={m: label for m, (label, _, _) in fashion_mnist_lt.METHODS.items()},
+        settings={name: f"{profile} rho={ratio}" for name, profile, ratio in fashion_mnist_lt.SETTINGS},
+        ks=fashion_mnist_lt.KS, metric="macro_topk", make_runs=_fashion_runs, paper={}, data_flags="",
+        claims=_fashion_claims),
+}
+
+
+def get_grid(name: str) -> Grid:
+  if name not in GRIDS:
+    raise ValueError(f"Unknown `grid` {name!r}; choose one of {sorted(GRIDS)}.")
+  return GRIDS[name]

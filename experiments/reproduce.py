@@ -1,0 +1,208 @@
+r"""Runs a grid of presets x seeds and writes the paper-style table, a CSV and plots.
+
+  python -m experiments.reproduce --grid=fashion_mnist_lt                 # runs here on a CPU (about an hour)
+  python -m experiments.reproduce --grid=mm_table1 --dry_run              # prints the 264 training commands
+  python -m experiments.reproduce --grid=plantnet_table --data_dir=... --pretrained_weights=...
+
+Runs go one after another in this process (or in `--num_workers` processes, each pinned to its own core), each in
+`<workdir_root>/<run name>`. A run whose results.json exists is skipped and an interrupted run resumes from its last
+checkpoint, so rerunning the command finishes the grid. The printed commands are equivalent: run them anywhere (a
+cluster, several GPUs), put their workdirs under one root and call this with `--aggregate_only`.
+
+Writes to `--output_dir` (default docs/results/<grid>): table.md (the table, mean ± std over seeds, the papers'
+figures beside; the command, machine and run time; for fashion_mnist_lt the check of the papers' claims), table.csv,
+runs.csv (one line per run) and plots/ (per-class accuracy against class frequency, one line per method; bars of the
+table's metric by method).
+"""
+import datetime
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from experiments import aggregate
+from experiments import grids
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum("grid", None, sorted(grids.GRIDS), "The grid to run.")
+flags.DEFINE_list("seeds", None, "Seeds (comma-separated). Default: the grid's (0,1,2).")
+flags.DEFINE_string("workdir_root", None, "Where each run's workdir goes. Default: workdirs/reproduce/<grid>.")
+flags.DEFINE_string("output_dir", None, "Where the table, CSVs and plots go. Default: docs/results/<grid>.")
+flags.DEFINE_boolean("dry_run", False, "Print each run's command and whether it is done; run nothing.")
+flags.DEFINE_boolean("aggregate_only", False, "Write the table from the finished runs; run nothing.")
+flags.DEFINE_integer("num_workers", 1, "Processes running the grid's runs in parallel, each pinned to one core "
+                     "when there are at least as many cores (on a CPU, two 1-core runs beat one 2-core run).")
+# Same names and meaning as the training binary's flags (it skips defining them again when both are imported).
+for _name, _help in (("data_dir", "Dataset location, passed to every run."),
+                     ("pretrained_weights", "ResNet ImageNet weights (.npz), passed to every run.")):
+  if _name not in FLAGS:
+    flags.DEFINE_string(_name, None, _help)
+flags.DEFINE_integer("worker_index", None, "Internal: this process runs runs[worker_index::num_workers].")
+
+
+def _seeds(grid):
+  if FLAGS.seeds is None:
+    return grid.default_seeds
+  try:
+    seeds = tuple(int(s) for s in FLAGS.seeds)
+  except ValueError as e:
+    raise app.UsageError(f"--seeds must be comma-separated integers, got {FLAGS.seeds}.") from e
+  if not seeds or len(set(seeds)) != len(seeds):
+    raise app.UsageError(f"--seeds must be distinct integers, got {FLAGS.seeds}.")
+  return seeds
+
+
+def _data_changes():
+  changes = {}
+  if FLAGS.data_dir:
+    changes["data_dir"] = FLAGS.data_dir
+  if FLAGS.pretrained_weights:
+    changes["pretrained_weights"] = FLAGS.pretrained_weights
+  return changes
+
+
+def run_command(grid, run, workdir_root, data_changes=None):
+  """The `experiments.train` command equivalent to one run of the grid (`data_changes`: data_dir etc. flags)."""
+  data_changes = data_changes or {}
+  parts = ["python", "-m", "experiments.train", f"--config={run.preset}", f"--seed={run.seed}"]
+  parts += [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in run.overrides]
+  parts.append(f"--workdir={os.path.join(workdir_root, run.name)}")
+  for name, value in data_changes.items():
+    parts.append(f"--{name}={value}")
+  if grid.data_flags and not data_changes:
+    parts.append(grid.data_flags)
+  return " ".join(parts)
+
+
+def _is_done(workdir_root, run):
+  return os.path.exists(os.path.join(workdir_root, run.name, "results.json"))
+
+
+def run_all(runs, workdir_root, data_changes=None):
+  """Trains `runs` one after another in this process; returns the names of the runs that failed."""
+  from experiments import train_lib  # pylint: disable=g-import-not-at-top
+  failed = []
+  pending = [r for r in runs if not _is_done(workdir_root, r)]
+  for i, run in enumerate(pending):
+    t0 = time.time()
+    print(f"[{i + 1}/{len(pending)}] {run.name} ...", flush=True)
+    try:
+      results = train_lib.train_and_evaluate(run.config.replace(**(data_changes or {})),
+                                             os.path.join(workdir_root, run.name))
+    except Exception as e:  # pylint: disable=broad-except
+      # One bad run must not lose the others: report it, go on, fail at the end.
+      logging.exception("Run %s failed.", run.name)
+      print(f"[{i + 1}/{len(pending)}] {run.name} FAILED: {type(e).__name__}: {e}", flush=True)
+      failed.append(run.name)
+      continue
+    test = results["test"]
+    print(f"[{i + 1}/{len(pending)}] {run.name}: " + ", ".join(
+        f"top-{k} {100 * test[f'top{k}_accuracy']:.2f} (macro {100 * test[f'macro_top{k}_accuracy']:.2f})"
+        for k in run.config.eval_ks) + f"; {time.time() - t0:.0f} s", flush=True)
+  return failed
+
+
+def _spawn_workers(grid, seeds, workdir_root, num_workers):
+  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  pin = len(cores) >= num_workers
+  procs = []
+  for i in range(num_workers):
+    cmd = [sys.executable, "-m", "experiments.reproduce", f"--grid={grid.name}",
+           f"--seeds={','.join(map(str, seeds))}", f"--workdir_root={workdir_root}", f"--num_workers={num_workers}",
+           f"--worker_index={i}"]
+    for name, value in _data_changes().items():
+      cmd.append(f"--{name}={value}")
+    preexec = (lambda core=cores[i]: os.sched_setaffinity(0, {core})) if pin else None
+    procs.append(subprocess.Popen(cmd, preexec_fn=preexec))  # pylint: disable=subprocess-popen-preexec-fn
+  return [p.wait() for p in procs]
+
+
+def write_outputs(grid, runs, seeds, workdir_root, output_dir, wall_seconds=None):
+  results = aggregate.load_results(runs, workdir_root)
+  cells = aggregate.collect_cells(grid, runs, results)
+  os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
+  table = aggregate.markdown_table(grid, cells, len(seeds))
+  aggregate.write_csvs(grid, runs, results, cells, output_dir)
+  plots = []
+  for setting in grid.settings:
+    if any(s == setting for _, s, _ in cells):
+      bars = os.path.join("plots", f"{grid.metric}_{setting}.png")
+      per_class = os.path.join("plots", f"per_class_{setting}.png")
+      aggregate.plot_bars(grid, cells, setting, os.path.join(output_dir, bars))
+      aggregate.plot_per_class(grid, runs, results, setting, os.path.join(output_dir, per_class))
+      plots += [bars, per_class]
+  train_seconds = sum(r["train_seconds"] for r in results.values())
+  backends = sorted({f"{r['backend']} x{r['num_devices']}" for r in results.values()})
+  command = "python -m experiments.reproduce " + " ".join(
+      shlex.quote(a) for a in sys.argv[1:] if not a.startswith(("--dry_run", "--aggregate_only")))
+  lines = [f"# {grid.name}", "", grid.description, "",
+           f"Mean ± std over seeds {', '.join(map(str, seeds))} ({len(results)} of {len(runs)} runs finished); the "
+           "best mean of each column in bold" + ("; the paper's figure in brackets." if grid.paper else "."), "",
+           table, ""]
+  if grid.claims is not None:
+    lines += ["## The papers' claims on this grid", ""] + grid.claims(cells) + [""]
+  lines += ["## How this was made", "", "```", command.strip(), "```", "",
+            f"- Generated {datetime.date.today().isoformat()} by `experiments/reproduce.py`; per-run numbers in "
+            "`runs.csv`, cells in `table.csv`.",
+            f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"devices {', '.join(backends) or 'none'}; summed training time {train_seconds / 60:.1f} min"
+            + (f", wall time of this invocation {wall_seconds / 60:.1f} min." if wall_seconds else "."),
+            "- Each run's command: `python -m experiments.reproduce --grid=" + grid.name + " --dry_run`.", ""]
+  lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+  with open(os.path.join(output_dir, "table.md"), "w") as f:
+    f.write("\n".join(lines))
+  return table
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
+  if FLAGS.grid is None:
+    raise app.UsageError(f"--grid is required: one of {sorted(grids.GRIDS)}.")
+  if FLAGS.num_workers < 1:
+    raise app.UsageError(f"--num_workers must be >= 1, got {FLAGS.num_workers}.")
+  grid = grids.get_grid(FLAGS.grid)
+  seeds = _seeds(grid)
+  runs = grid.runs(seeds)
+  workdir_root = FLAGS.workdir_root or os.path.join("workdirs", "reproduce", grid.name)
+  output_dir = FLAGS.output_dir or os.path.join("docs", "results", grid.name)
+
+  if FLAGS.dry_run:
+    done = sum(_is_done(workdir_root, r) for r in runs)
+    print(f"# {grid.name}: {len(runs)} runs ({done} done), seeds {','.join(map(str, seeds))}.")
+    for run in runs:
+      print(("# done: " if _is_done(workdir_root, run) else "") + run_command(grid, run, workdir_root,
+                                                                               _data_changes()))
+    return
+
+  if FLAGS.worker_index is not None:  # A worker of --num_workers: train its share, no table.
+    logging.set_verbosity(logging.WARNING)
+    if run_all(runs[FLAGS.worker_index::FLAGS.num_workers], workdir_root, _data_changes()):
+      sys.exit(1)
+    return
+
+  t0 = time.time()
+  failed = []
+  if not FLAGS.aggregate_only:
+    logging.set_verbosity(logging.WARNING)
+    if FLAGS.num_workers == 1:
+      failed = run_all(runs, workdir_root, _data_changes())
+    else:
+      codes = _spawn_workers(grid, seeds, workdir_root, FLAGS.num_workers)
+      failed = [f"worker {i}" for i, c in enumerate(codes) if c]
+  table = write_outputs(grid, runs, seeds, workdir_root, output_dir,
+                        wall_seconds=None if FLAGS.aggregate_only else time.time() - t0)
+  print(table)
+  print(f"\nWrote {os.path.join(output_dir, 'table.md')}", flush=True)
+  if failed:
+    raise SystemExit(f"{len(failed)} failed: {', '.join(failed)} (rerun the same command to retry them).")
+
+
+if __name__ == "__main__":
+  app.run(main)

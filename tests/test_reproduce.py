@@ -1,0 +1,273 @@
+"""Tests of the reproduction grids: their presets, the dry run, one training step of every preset, aggregation."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from experiments import aggregate
+from experiments import config as config_lib
+from experiments import configs
+from experiments import grids
+from experiments import input_pipeline
+from experiments import reproduce
+from experiments import train_lib
+from experiments.configs import cifar_lt
+from experiments.configs import fashion_mnist_lt
+from tests import fake_data
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([sys.executable, "-m", "experiments.reproduce", *args], cwd=REPO, capture_output=True,
+                        text=True, timeout=timeout, check=False)
+
+
+def test_grid_sizes_cover_the_seed_tables_and_every_loss():
+  seeds = (0, 1, 2)
+  plant, mm, fashion = (grids.get_grid(n).runs(seeds) for n in ("plantnet_table", "mm_table1", "fashion_mnist_lt"))
+  assert len(plant) == 6 * 3 * 3  # 6 losses x K = 1, 3, 5 (model selection per K) x 3 seeds
+  assert len(mm) == 11 * 8 * 3
+  assert len(fashion) == 2 * (8 + 4 * 3) * 3
+  for runs in (plant, mm, fashion):
+    assert len({r.name for r in runs}) == len(runs)
+  assert {r.preset for r in mm} == {n for n in configs.PRESETS if n.startswith(("cifar10_lt", "cifar100_lt"))}
+  assert {r.preset for r in plant} == {n for n in configs.PRESETS if n.startswith("plantnet_")}
+  assert {r.config.loss for r in fashion} == set(config_lib.LOSSES)
+  assert {r.config.train_rule for r in fashion} == {"none", "drw"}
+  # Pl@ntNet: each (loss, K) cell selects on validation macro top-K; the top-K losses also train with k = K.
+  for run in plant:
+    assert run.config.selection_k == run.ks[0] and run.config.model_selection == "val_macro_topk"
+    if run.config.loss in ("smooth_svm", "noised_balanced", "noised_imbalanced"):
+      assert run.config.k == run.ks[0]
+  # The authors' hyperparameters of REFERENCE.md section 5.
+  noised = next(r.config for r in plant if r.row == "noised_imbalanced")
+  assert (noised.epsilon, noised.num_samples, noised.max_margin, noised.scale, noised.normalized_head) == (
+      0.01, 5, 0.2, 60.0, True)
+  balanced = next(r.config for r in plant if r.row == "noised_balanced")
+  assert (balanced.epsilon, balanced.num_samples, balanced.normalized_head) == (1.0, 5, False)
+  for run in mm:
+    assert (run.config.epochs, run.config.drw_start_epoch, run.config.model) == (200, 160, "resnet32")
+  # Fashion: shared hyperparameters identical across losses; K-independent losses fill K = 1, 2, 3.
+  shared = {(r.config.epochs, r.config.learning_rate, r.config.lr_decay_epochs, r.config.batch_size) for r in fashion}
+  assert shared == {(fashion_mnist_lt.EPOCHS, fashion_mnist_lt.LEARNING_RATE, fashion_mnist_lt.LR_DECAY_EPOCHS, 128)}
+  assert {r.ks for r in fashion if r.row == "ce"} == {(1, 2, 3)}
+  assert {r.ks for r in fashion if r.row == "noised_imbalanced"} == {(1,), (2,), (3,)}
+
+
+@pytest.mark.parametrize("grid", ["plantnet_table", "mm_table1"])
+def test_dry_run_prints_every_command(grid):
+  out = _cli(f"--grid={grid}", "--dry_run", "--workdir_root=/nonexistent_root")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.strip().splitlines()
+  runs = grids.get_grid(grid).runs((0, 1, 2))
+  assert lines[0] == f"# {grid}: {len(runs)} runs (0 done), seeds 0,1,2."
+  commands = lines[1:]
+  assert len(commands) == len(runs)
+  for run, command in zip(runs, commands):
+    assert command.startswith(f"python -m experiments.train --config={run.preset} --seed={run.seed}")
+    assert f"--workdir=/nonexistent_root/{run.name}" in command
+    assert grids.get_grid(grid).data_flags in command
+
+
+def test_dry_run_commands_rebuild_the_grid_configs():
+  """Each printed command, parsed by the training binary's own flags, gives exactly the run's config."""
+  from experiments import train  # pylint: disable=g-import-not-at-top  (defines the flags)
+  for grid_name in ("plantnet_table", "fashion_mnist_lt"):
+    grid = grids.get_grid(grid_name)
+    for run in grid.runs((0, 4)):
+      argv = ["train"] + [a for a in reproduce.run_command(grid, run, "root").split()[3:]
+                          if not a.startswith(("--workdir", "--data_dir", "--pretrained"))]
+      try:
+        train.FLAGS(argv)
+        config, _ = train.config_from_flags()
+      finally:
+        train.FLAGS.unparse_flags()
+      assert config == run.config, run.name
+
+
+def _one_step(config, workdir):
+  results = train_lib.train_and_evaluate(config, workdir)
+  assert all(np.isfinite(r["train"]["loss"]) for r in results["history"])
+  for k in config.eval_ks:
+    assert 0.0 <= results["test"][f"macro_top{k}_accuracy"] <= 1.0
+  return results
+
+
+@pytest.fixture
+def fake_cifar(monkeypatch):
+  """CIFAR-10/100 arrays without TFDS: 100 training images per class (so rho = 100 leaves 1 in the tail class) and
+  1 test image per class. The TFDS path itself is covered by tests/test_train.py (tfds.testing.mock_data)."""
+  def load(name, tfds_name, data_dir, download, looked_in):
+    del name, data_dir, download, looked_in
+    num_classes = {"cifar10": 10, "cifar100": 100}[tfds_name]
+    rng = np.random.default_rng(0)
+
+    def split(per_class):
+      labels = np.repeat(np.arange(num_classes), per_class)
+      return rng.integers(0, 256, (labels.size, 32, 32, 3), dtype=np.uint8), labels.astype(np.int64)
+    return {"train": split(100), "test": split(1)}, [f"class_{c}" for c in range(num_classes)]
+  monkeypatch.setattr(input_pipeline, "_load_tfds", load)
+
+
+@pytest.mark.parametrize("preset", sorted(cifar_lt.presets()))
+def test_every_mm_table1_preset_runs_one_step(preset, fake_cifar, tmp_path):
+  del fake_cifar
+  config = configs.get_preset(preset).config
+  results = _one_step(config.replace(epochs=1, max_steps_per_epoch=1, batch_size=4, eval_batch_size=50,
+                                     drw_start_epoch=0, warmup_epochs=0, lr_decay_epochs=()), str(tmp_path))
+  assert results["train_class_counts"][0] == 100
+  assert results["train_class_counts"][-1] == (1 if config.imbalance_ratio == 100 else 10)
+
+
+@pytest.fixture(scope="module")
+def plantnet_root(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("plantnet"))
+  fake_data.write_plantnet_tree(root)
+  return root
+
+
+@pytest.mark.parametrize("preset", [n for n in configs.PRESETS if n.startswith("plantnet_")])
+def test_every_plantnet_table_preset_runs_one_step(preset, plantnet_root, tmp_path):
+  config = configs.get_preset(preset).config
+  results = _one_step(config.replace(data_dir=plantnet_root, image_size=32, epochs=1, max_steps_per_epoch=1,
+                                     batch_size=4, eval_batch_size=8, k=min(config.k, 3), selection_k=3,
+                                     eval_ks=(1, 3)), str(tmp_path))
+  assert results["validation"] is not None
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+  d = str(tmp_path_factory.mktemp("fashion"))
+  # 110 - 6 validation = 104 training images per class: rho = 100 leaves 1 in the tail class.
+  fake_data.write_fashion_mnist_idx(d, train_per_class=110, test_per_class=5)
+  return d
+
+
+def _tiny_fashion(config, data_dir):
+  return config.replace(data_dir=data_dir, validation_per_class=6, epochs=2, max_steps_per_epoch=2, batch_size=16,
+                        eval_batch_size=40, lr_decay_epochs=(1,), drw_start_epoch=1, eval_every_epochs=2)
+
+
+@pytest.mark.parametrize("method", sorted(fashion_mnist_lt.METHODS))
+def test_every_fashion_method_runs(method, fashion_dir, tmp_path):
+  k = 2 if fashion_mnist_lt.METHODS[method][2] else None
+  config = configs.get_preset(fashion_mnist_lt.preset_name("exp100", method, k)).config
+  _one_step(_tiny_fashion(config, fashion_dir), str(tmp_path))
+
+
+# --- Aggregation ---------------------------------------------------------------------------------------------------
+def _fake_results(run, value_of):
+  """A results.json with the fields aggregation reads; accuracies from value_of(run, k) (a fraction)."""
+  ks = run.config.eval_ks
+  test = {}
+  for k in ks:
+    test[f"top{k}_accuracy"] = test[f"macro_top{k}_accuracy"] = value_of(run, k)
+  counts = [100, 30, 10]
+  per_class = {f"c{i}": {"train_count": n, "test_count": 10, **{f"top{k}_accuracy": value_of(run, k) for k in ks}}
+               for i, n in enumerate(counts)}
+  return {"test": test, "per_class": per_class, "config": run.config.to_dict(), "best_epoch": 3,
+          "train_seconds": 1.5, "backend": "cpu", "num_devices": 1}
+
+
+def _write_fake_grid(grid, seeds, root, value_of, skip=()):
+  runs = grid.runs(seeds)
+  for run in runs:
+    if run.name in skip:
+      continue
+    os.makedirs(os.path.join(root, run.name))
+    with open(os.path.join(root, run.name, "results.json"), "w") as f:
+      json.dump(_fake_results(run, value_of), f)
+  return runs
+
+
+def _fashion_value(run, k):
+  """Known accuracies: imbalanced noised best, MM-DRW 1 point above LDAM-DRW; seed adds -0.5/0/+0.5 points."""
+  base = {"noised_imbalanced": 0.80, "mm_drw": 0.76, "ldam_drw": 0.75}.get(run.row, 0.70)
+  return base + 0.01 * k + 0.005 * (run.seed - 1) + (0.02 if run.setting == "step10" else 0.0)
+
+
+def test_aggregate_only_writes_table_csv_plots_and_claims(tmp_path):
+  grid = grids.get_grid("fashion_mnist_lt")
+  root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+  runs = _write_fake_grid(grid, (0, 1, 2), root, _fashion_value)
+  proc = _cli("--grid=fashion_mnist_lt", "--aggregate_only", f"--workdir_root={root}", f"--output_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  table = open(os.path.join(out, "table.md")).read()
+  # Mean over seeds 0, 1, 2 of 0.80 + 0.01 k + (-0.005, 0, 0.005); sample std 0.5 points; best in bold.
+  assert "| noised top-K, imbalanced | **81.00 ± 0.50** | **82.00 ± 0.50** | **83.00 ± 0.50** | **83.00 ± 0.50** |" in table
+  assert "| CE | 71.00 ± 0.50 | 72.00 ± 0.50 | 73.00 ± 0.50 | 73.00 ± 0.50 |" in table
+  with open(os.path.join(out, "table.csv")) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 12 * 2 * 3
+  cell = next(r for r in rows if r["row"] == "mm_drw" and r["setting"] == "exp100" and r["k"] == "2")
+  assert (float(cell["mean"]), float(cell["std"]), cell["num_seeds"]) == (78.0, 0.5, "3")
+  with open(os.path.join(out, "runs.csv")) as f:
+    assert len(list(csv.DictReader(f))) == len(runs)
+  for name in ("macro_topk_exp100.png", "per_class_step10.png", "macro_topk_step10.png", "per_class_exp100.png"):
+    assert os.path.getsize(os.path.join(out, "plots", name)) > 5000
+    assert f"](plots/{name})" in table
+  # Claims: MM-DRW - LDAM-DRW = +1.00 with standard error sqrt(2 * 0.5^2 / 3) = 0.41 -> holds (beyond 2 SE).
+  assert "| exp100 | 1 | 77.00 | 76.00 | +1.00 ± 0.41 | holds |" in table
+  assert "| step10 | 3 | 85.00 | 1 of 12 | MM-DRW 81.00 | +4.00 ± 0.41 | holds |" in table
+
+
+def test_claim_verdicts_follow_the_noise():
+  cells = {("mm_drw", "exp100", 1): [75.0, 76.0, 77.0], ("ldam_drw", "exp100", 1): [75.5, 76.5, 77.5]}
+  lines = "\n".join(aggregate.fashion_claims(cells))
+  assert "| exp100 | 1 | 76.00 | 76.50 | -0.50 ± 0.82 | fails, within noise |" in lines
+  cells = {("mm_drw", "exp100", 1): [70.0, 70.1, 69.9], ("ldam_drw", "exp100", 1): [75.0, 75.1, 74.9]}
+  assert "| -5.00 ± 0.08 | fails |" in "\n".join(aggregate.fashion_claims(cells))
+
+
+def test_missing_runs_are_marked(tmp_path):
+  grid = grids.get_grid("mm_table1")
+  runs = grid.runs((0, 1))
+  skip = {r.name for r in runs if r.row == "erm" or (r.row == "mm" and r.seed == 1)}
+  _write_fake_grid(grid, (0, 1), str(tmp_path), lambda run, k: 0.7 + 0.001 * run.seed, skip=skip)
+  results = aggregate.load_results(runs, str(tmp_path))
+  assert len(results) == len(runs) - len(skip)
+  cells = aggregate.collect_cells(grid, runs, results)
+  table = aggregate.markdown_table(grid, cells, 2)
+  erm = next(line for line in table.splitlines() if line.startswith("| ERM |"))
+  assert erm == "| ERM | " + " | ".join(["— [paper %.2f]" % e for e in cifar_lt.PAPER_TOP1_ERROR["erm"]]) + " |"
+  mm = next(line for line in table.splitlines() if line.startswith("| MM |"))
+  assert "30.00 (n=1) [paper 26.56]" in mm  # error = 100 - 70.0 from seed 0 only
+  focal = next(line for line in table.splitlines() if line.startswith("| Focal |"))
+  assert "**29.95 ± 0.07** [paper 29.62]" in focal  # best of its column (ties: first row)
+
+
+def test_run_all_skips_finished_runs_and_survives_a_failure(fashion_dir, tmp_path, capsys):
+  grid = grids.get_grid("fashion_mnist_lt")
+  runs = [r for r in grid.runs((0,)) if r.row in ("ce", "topk_hinge") and r.setting == "exp100"][:2]
+  runs = [dataclass_replace(r, config=_tiny_fashion(r.config, fashion_dir)) for r in runs]
+  broken = dataclass_replace(runs[1], name="broken", config=runs[1].config.replace(data_dir=str(tmp_path / "none")))
+  root = str(tmp_path / "root")
+  assert reproduce.run_all(runs + [broken], root) == ["broken"]
+  assert "broken FAILED: DatasetNotFoundError" in capsys.readouterr().out
+  first = os.path.getmtime(os.path.join(root, runs[0].name, "results.json"))
+  assert reproduce.run_all(runs, root) == []  # Both done: nothing runs, nothing is rewritten.
+  assert "..." not in capsys.readouterr().out
+  assert os.path.getmtime(os.path.join(root, runs[0].name, "results.json")) == first
+
+
+def dataclass_replace(obj, **changes):
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return dataclasses.replace(obj, **changes)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid=nope"], "--grid"),
+    (["--grid=mm_table1", "--seeds=1,x"], "--seeds must be comma-separated integers"),
+    (["--grid=mm_table1", "--seeds=1,1"], "--seeds must be distinct"),
+    (["--grid=mm_table1", "--num_workers=0"], "--num_workers must be >= 1"),
+    ([], "--grid is required"),
+])
+def test_bad_flags_fail_at_start(args, message):
+  out = _cli(*args, timeout=120)
+  assert out.returncode != 0
+  assert message in out.stderr + out.stdout
