@@ -130,16 +130,23 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str) -> Dict[
     elif kind == "linear":
       value = value.T
     out["/".join((collection,) + module + (leaf,))] = np.ascontiguousarray(value, dtype=np.float32)
-  if missing or unexpected or malformed:
-    lines = [f"State dict is not a torchvision {arch}:"]
-    if missing:
-      lines.append(f"  missing ({len(missing)}): {', '.join(missing[:20])}")
-    if unexpected:
-      lines.append(f"  unexpected ({len(unexpected)}): {', '.join(unexpected[:20])}")
-    if malformed:
-      lines.append(f"  malformed ({len(malformed)}): {', '.join(malformed[:20])}")
-    raise ValueError("\n".join(lines))
+  report = key_problems_report(f"State dict is not a torchvision {arch}:",
+                               [("missing", missing), ("unexpected", unexpected), ("malformed", malformed)])
+  if report:
+    raise ValueError(report)
   return out
+
+
+def key_problems_report(title: str, sections, limit: int = 20) -> str:
+  """`title`, then one line "  label (count): key, key, ... (n more)" per non-empty `(label, keys)` of `sections`
+  (at most `limit` keys shown); "" when every section is empty. Shared with `models.load_pretrained`."""
+  lines = [title]
+  for label, items in sections:
+    items = list(items)
+    if items:
+      more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+      lines.append(f"  {label} ({len(items)}): {', '.join(items[:limit])}{more}")
+  return "\n".join(lines) if len(lines) > 1 else ""
 
 
 def check_against_model(flat: Mapping[str, np.ndarray], arch: str) -> None:

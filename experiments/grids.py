@@ -48,6 +48,7 @@ class Grid:
   data_flags: str  # What the user must add to run it for real (data location, weights).
   default_seeds: Tuple[int, ...] = (0, 1, 2)
   claims: Optional[Callable] = None  # cells -> markdown lines (fashion_mnist_lt only)
+  notes: Tuple[str, ...] = ()  # Markdown lines printed under the table: protocol choices to know when reading it.
 
   def runs(self, seeds: Sequence[int]):
     return self.make_runs(tuple(seeds))
@@ -122,7 +123,9 @@ GRIDS = {
         make_runs=_plantnet_runs,
         paper={(row, "plantnet300k", k): v for row, vals in _PLANTNET_PAPER.items()
                for k, v in zip(_PLANTNET_KS, vals)},
-        data_flags="--data_dir=PLANTNET_300K_DIR --pretrained_weights=resnet50_imagenet.npz"),
+        data_flags="--data_dir=PLANTNET_300K_DIR --pretrained_weights=resnet50_imagenet.npz",
+        notes=("- One run per (loss, K) with `selection_k=K`; the top-K losses also train with `k=K` (the released "
+               "commands use K = 5).",)),
     "mm_table1": Grid(
         name="mm_table1",
         description="CIFAR-10/100-LT, ResNet-32: top-1 test error (%) of the best test epoch (the test set doubles as "
@@ -139,7 +142,19 @@ GRIDS = {
         rows={m: label for m, (label, _, _) in fashion_mnist_lt.METHODS.items()},
         settings={name: f"{profile} rho={ratio}" for name, profile, ratio in fashion_mnist_lt.SETTINGS},
         ks=fashion_mnist_lt.KS, metric="macro_topk", make_runs=_fashion_runs, paper={}, data_flags="",
-        claims=_fashion_claims),
+        claims=_fashion_claims,
+        notes=(
+            f"- Protocol: every run trains {fashion_mnist_lt.EPOCHS} epochs at lr {fashion_mnist_lt.LEARNING_RATE} "
+            f"(x0.1 at epochs {', '.join(map(str, fashion_mnist_lt.LR_DECAY_EPOCHS))}; DRW from epoch "
+            f"{fashion_mnist_lt.LR_DECAY_EPOCHS[0]}), values tuned once for cross-entropy on validation "
+            "([tuning.md](tuning.md)); the last epoch's model is tested once. Loss-specific values and the reasons "
+            "for the two scaled ones: `experiments/configs/fashion_mnist_lt.py`.",
+            "- Top-K losses (top-K hinge, smooth SVM, both noised losses) train one model per K: their column K is "
+            "the model trained with that K. The other losses train one model, read at K = 1, 2, 3.",
+            "- Seeds change the initialization, the batch order and the loss's noise; the long-tailed subset is the "
+            "same for all (subset seed 0). Exp rho = 100: 5,500 down to 55 images per class (13,646); step "
+            "rho = 10: five classes of 5,500 and five of 550 (30,250). Test: the balanced 10,000 test images.",
+        )),
 }
 
 

@@ -41,6 +41,8 @@ import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict
 
+from experiments import convert_torchvision_weights
+
 MODELS = ("cnn", "resnet32", "resnet18", "resnet50")
 PRETRAINABLE = ("resnet18", "resnet50")
 
@@ -340,12 +342,6 @@ def _is_head(flat_key: str) -> bool:
 _LOADED_COLLECTIONS = ("params", "batch_stats")
 
 
-def _format_list(items, limit=20):
-  items = list(items)
-  shown = ", ".join(items[:limit])
-  return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
-
-
 def load_pretrained(variables, path: str, *, name: str):
   """Returns `variables` with every parameter and BatchNorm statistic except the head's replaced by the arrays of the
   .npz file `path` written by `experiments/convert_torchvision_weights.py` for model `name` (resnet18 / resnet50).
@@ -377,15 +373,11 @@ def load_pretrained(variables, path: str, *, name: str):
       continue
     out[key] = jnp.asarray(value, dtype=leaf.dtype)
   unexpected = sorted(key for key in arrays if key not in flat and not _is_head(key))
-  if missing or mismatched or unexpected:
-    lines = [f"Cannot load {path} into model {name!r}:"]
-    if missing:
-      lines.append(f"  missing from the file ({len(missing)}): {_format_list(missing)}")
-    if mismatched:
-      lines.append(f"  shape mismatches ({len(mismatched)}): {_format_list(mismatched)}")
-    if unexpected:
-      lines.append(f"  not in the model ({len(unexpected)}): {_format_list(unexpected)}")
-    raise ValueError("\n".join(lines))
+  report = convert_torchvision_weights.key_problems_report(
+      f"Cannot load {path} into model {name!r}:",
+      [("missing from the file", missing), ("shape mismatches", mismatched), ("not in the model", unexpected)])
+  if report:
+    raise ValueError(report)
   result = traverse_util.unflatten_dict(out, sep="/")
   return FrozenDict(result) if frozen else result
 

@@ -144,7 +144,7 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir, wall_seconds=None
   lines = [f"# {grid.name}", "", grid.description, "",
            f"Mean ± std over seeds {', '.join(map(str, seeds))} ({len(results)} of {len(runs)} runs finished); the "
            "best mean of each column in bold" + ("; the paper's figure in brackets." if grid.paper else "."), "",
-           table, ""]
+           table, ""] + list(grid.notes) + ([""] if grid.notes else [])
   if grid.claims is not None:
     lines += ["## The papers' claims on this grid", ""] + grid.claims(cells) + [""]
   lines += ["## How this was made", "", "```", command.strip(), "```", "",

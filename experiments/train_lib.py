@@ -233,14 +233,13 @@ def resolve_model_selection(config, dataset):
   return "val_macro_topk" if dataset.has_validation else "best_test_epoch"
 
 
-def _check_against_dataset(config, dataset, loss_fn):
+def _check_against_dataset(config, dataset, loss_fn, num_devices):
   num_classes = dataset.num_classes
   bad = [k for k in config.eval_ks if k > num_classes]
   if bad:
     raise ValueError(f"`eval_ks` {bad} exceed the number of classes {num_classes} of {dataset.name}.")
-  devices = jax.local_device_count() * jax.process_count()
-  if config.batch_size % devices:
-    raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices ({devices}).")
+  if config.batch_size % num_devices:
+    raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices ({num_devices}).")
   # Trace the loss once on abstract inputs: a bad hyperparameter (k >= L, ...) fails now, not after data loading.
   jax.eval_shape(loss_fn, jax.ShapeDtypeStruct((2, num_classes), jnp.float32),
                  jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.key(0))
@@ -270,7 +269,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       validation_per_class=config.validation_per_class, image_size=config.image_size, download=config.tfds_download)
   class_counts = np.asarray(dataset.train_class_counts)
   loss_fn = make_loss_fn(config, class_counts)
-  _check_against_dataset(config, dataset, loss_fn)
+  _check_against_dataset(config, dataset, loss_fn, devices)
   selection = resolve_model_selection(config, dataset)
   sel_k = config_lib.selection_k(config)
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)

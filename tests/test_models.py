@@ -602,3 +602,11 @@ def test_converter_command_line(tmp_path):
     np.testing.assert_array_equal(npz["params/layer4_0/conv1/kernel"],
                                   sd["layer4.0.conv1.weight"].numpy().transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(npz["params/head/kernel"], sd["fc.weight"].numpy().T)
+
+
+def test_key_problems_report_lists_each_nonempty_section():
+  report = convert.key_problems_report("Bad:", [("missing", ["a", "b"]), ("unexpected", []),
+                                                ("malformed", [f"k{i}" for i in range(23)])], limit=20)
+  assert report.splitlines() == ["Bad:", "  missing (2): a, b",
+                                 "  malformed (23): " + ", ".join(f"k{i}" for i in range(20)) + ", ... (3 more)"]
+  assert convert.key_problems_report("Bad:", [("missing", []), ("unexpected", ())]) == ""

@@ -10,7 +10,7 @@ other losses train one model that is read at K = 1, 2, 3.
 
 Shared hyperparameters (`EPOCHS`, `LEARNING_RATE`, the step decay) were tuned once, for cross-entropy with a linear
 head on the exp rho = 100 setting, on the balanced validation split (500 images per class carved from the unused
-training images), and are kept fixed for every loss: see docs/results/fashion_mnist_lt/README.md for the search and
+training images), and are kept fixed for every loss: see docs/results/fashion_mnist_lt/tuning.md for the search and
 its scores. The reported model is the last epoch's (no model selection on the test set); the test set is balanced,
 so top-K and macro-average top-K accuracies coincide.
 
@@ -32,7 +32,7 @@ it is scaled, and the reason is stated here:
 """
 from experiments import config as config_lib
 
-# Tuned once for cross-entropy on the validation split (docs/results/fashion_mnist_lt/README.md).
+# Tuned once for cross-entropy on the validation split (docs/results/fashion_mnist_lt/tuning.md).
 EPOCHS = 10
 LEARNING_RATE = 0.05
 LR_DECAY_EPOCHS = (6, 9)
