@@ -16,4 +16,3 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # CIFAR-LT presets), so the suite compiles each distinct computation once. Set JAX_COMPILATION_CACHE_DIR to move it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "noised_topk_jax_tests_xla_cache"))
-os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
