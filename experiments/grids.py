@@ -147,8 +147,9 @@ GRIDS = {
             f"- Protocol: every run trains {fashion_mnist_lt.EPOCHS} epochs at lr {fashion_mnist_lt.LEARNING_RATE} "
             f"(x0.1 at epochs {', '.join(map(str, fashion_mnist_lt.LR_DECAY_EPOCHS))}; DRW from epoch "
             f"{fashion_mnist_lt.LR_DECAY_EPOCHS[0]}), values tuned once for cross-entropy on validation "
-            "([tuning.md](tuning.md)); the last epoch's model is tested once. Loss-specific values and the reasons "
-            "for the two scaled ones: `experiments/configs/fashion_mnist_lt.py`.",
+            "([tuning.md](tuning.md)); the last epoch's model is tested once. Loss-specific values, and why the "
+            "imbalanced noised loss uses epsilon 0.1 instead of the paper's 0.01: "
+            "`experiments/configs/fashion_mnist_lt.py`.",
             "- Top-K losses (top-K hinge, smooth SVM, both noised losses) train one model per K: their column K is "
             "the model trained with that K. The other losses train one model, read at K = 1, 2, 3.",
             "- Seeds change the initialization, the batch order and the loss's noise; the long-tailed subset is the "

@@ -15,6 +15,7 @@ runs.csv (one line per run) and plots/ (per-class accuracy against class frequen
 table's metric by method).
 """
 import datetime
+import json
 import os
 import platform
 import shlex
@@ -123,7 +124,23 @@ def _spawn_workers(grid, seeds, workdir_root, num_workers):
   return [p.wait() for p in procs]
 
 
-def write_outputs(grid, runs, seeds, workdir_root, output_dir, wall_seconds=None):
+INVOCATIONS_FILE = "invocations.jsonl"
+
+
+def _this_command():
+  return "python -m experiments.reproduce " + " ".join(
+      shlex.quote(a) for a in sys.argv[1:] if not a.startswith(("--dry_run", "--aggregate_only")))
+
+
+def record_invocation(workdir_root, runs_trained, wall_seconds):
+  """Appends this command, its date, wall time and number of trained runs to the grid's invocation log."""
+  os.makedirs(workdir_root, exist_ok=True)
+  with open(os.path.join(workdir_root, INVOCATIONS_FILE), "a") as f:
+    f.write(json.dumps({"command": _this_command().strip(), "date": datetime.datetime.now().isoformat(" ", "minutes"),
+                        "runs_trained": runs_trained, "wall_seconds": round(wall_seconds, 1)}) + "\n")
+
+
+def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   results = aggregate.load_results(runs, workdir_root)
   cells = aggregate.collect_cells(grid, runs, results)
   os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
@@ -138,21 +155,26 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir, wall_seconds=None
       aggregate.plot_per_class(grid, runs, results, setting, os.path.join(output_dir, per_class))
       plots += [bars, per_class]
   train_seconds = sum(r["train_seconds"] for r in results.values())
+  invocations = []  # The commands that trained this grid's runs (appended by `main`).
+  log_path = os.path.join(workdir_root, INVOCATIONS_FILE)
+  if os.path.exists(log_path):
+    with open(log_path) as f:
+      invocations = [json.loads(line) for line in f if line.strip()]
   backends = sorted({f"{r['backend']} x{r['num_devices']}" for r in results.values()})
-  command = "python -m experiments.reproduce " + " ".join(
-      shlex.quote(a) for a in sys.argv[1:] if not a.startswith(("--dry_run", "--aggregate_only")))
   lines = [f"# {grid.name}", "", grid.description, "",
            f"Mean ± std over seeds {', '.join(map(str, seeds))} ({len(results)} of {len(runs)} runs finished); the "
            "best mean of each column in bold" + ("; the paper's figure in brackets." if grid.paper else "."), "",
            table, ""] + list(grid.notes) + ([""] if grid.notes else [])
   if grid.claims is not None:
     lines += ["## The papers' claims on this grid", ""] + grid.claims(cells) + [""]
-  lines += ["## How this was made", "", "```", command.strip(), "```", "",
+  commands = [i["command"] for i in invocations if i.get("runs_trained")] or [_this_command()]
+  lines += ["## How this was made", "", "```"] + commands + ["```", "",
             f"- Generated {datetime.date.today().isoformat()} by `experiments/reproduce.py`; per-run numbers in "
             "`runs.csv`, cells in `table.csv`.",
             f"- Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"devices {', '.join(backends) or 'none'}; summed training time {train_seconds / 60:.1f} min"
-            + (f", wall time of this invocation {wall_seconds / 60:.1f} min." if wall_seconds else "."),
+            f"devices {', '.join(backends) or 'none'}; summed training time {train_seconds / 60:.1f} min.",
+            *[f"- `{i['command']}` ({i['date']}): trained {i['runs_trained']} runs in {i['wall_seconds'] / 60:.1f} "
+              "min wall clock." for i in invocations if i.get("runs_trained")],
             "- Each run's command: `python -m experiments.reproduce --grid=" + grid.name + " --dry_run`.", ""]
   lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
   with open(os.path.join(output_dir, "table.md"), "w") as f:
@@ -191,13 +213,16 @@ def main(argv):
   failed = []
   if not FLAGS.aggregate_only:
     logging.set_verbosity(logging.WARNING)
+    pending = sum(not _is_done(workdir_root, r) for r in runs)
     if FLAGS.num_workers == 1:
       failed = run_all(runs, workdir_root, _data_changes())
     else:
       codes = _spawn_workers(grid, seeds, workdir_root, FLAGS.num_workers)
       failed = [f"worker {i}" for i, c in enumerate(codes) if c]
-  table = write_outputs(grid, runs, seeds, workdir_root, output_dir,
-                        wall_seconds=None if FLAGS.aggregate_only else time.time() - t0)
+    trained = pending - sum(not _is_done(workdir_root, r) for r in runs)
+    if trained:
+      record_invocation(workdir_root, trained, time.time() - t0)
+  table = write_outputs(grid, runs, seeds, workdir_root, output_dir)
   print(table)
   print(f"\nWrote {os.path.join(output_dir, 'table.md')}", flush=True)
   if failed:
