@@ -143,7 +143,9 @@ def plot_per_class(grid, runs, results, setting, path):
   for ax, k in zip(axes[0], grid.ks):
     for i, (row, (counts, acc)) in enumerate(per_class_means(grid, runs, results, setting, k).items()):
       order = np.argsort(counts)
-      ax.plot(counts[order], acc[order], marker="o", ms=3, lw=1.2, color=colours(i % 20), label=grid.rows[row])
+      # The 10 saturated tab20 colours first, then their light shades dashed: neighbours stay distinguishable.
+      ax.plot(counts[order], acc[order], marker="o", ms=3, lw=1.2, color=colours((2 * i) % 20 + (i // 10) % 2),
+              ls="-" if i < 10 else "--", label=grid.rows[row])
     ax.set_xscale("log")
     ax.set_xlabel("training images of the class (log scale)")
     ax.set_ylabel(f"per-class test top-{k} accuracy (%)")

@@ -271,3 +271,19 @@ def test_bad_flags_fail_at_start(args, message):
   out = _cli(*args, timeout=120)
   assert out.returncode != 0
   assert message in out.stderr + out.stdout
+
+
+def test_the_table_names_the_commands_that_trained_the_runs(tmp_path):
+  grid = grids.get_grid("mm_table1")
+  root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+  runs = _write_fake_grid(grid, (0,), root, lambda run, k: 0.75)
+  with open(os.path.join(root, reproduce.INVOCATIONS_FILE), "w") as f:
+    f.write(json.dumps({"command": "python -m experiments.reproduce --grid=mm_table1 --seeds=0", "date": "d",
+                        "runs_trained": len(runs), "wall_seconds": 600.0}) + "\n")
+    f.write(json.dumps({"command": "python -m experiments.reproduce --grid=mm_table1 --seeds=0", "date": "e",
+                        "runs_trained": 0, "wall_seconds": 3.0}) + "\n")
+  reproduce.write_outputs(grid, runs, (0,), root, out)
+  table = open(os.path.join(out, "table.md")).read()
+  assert "(d): trained 88 runs in 10.0 min wall clock." in table
+  assert "(e)" not in table  # An invocation that trained nothing is not listed.
+  assert "| ERM | **25.00** [paper 29.64] |" in table
