@@ -178,8 +178,8 @@ def plot_bars(grid, cells, setting, path):
   values = [m for (r, s, _), v in cells.items() if s == setting for m in [mean_std(v)[0]]]
   if values and grid.metric == "macro_topk":
     ax.set_ylim(max(0.0, min(values) - 10), 100)
-  ax.legend(fontsize=8)
-  ax.set_title(f"{grid.settings[setting]}")
+  ax.legend(fontsize=8, ncol=len(grid.ks), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+  ax.set_title(f"{grid.settings[setting]}", pad=22)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
