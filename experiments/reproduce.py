@@ -15,6 +15,7 @@ runs.csv (one line per run) and plots/ (per-class accuracy against class frequen
 table's metric by method).
 """
 import datetime
+import gc
 import json
 import os
 import platform
@@ -88,6 +89,7 @@ def _is_done(workdir_root, run):
 
 def run_all(runs, workdir_root, data_changes=None):
   """Trains `runs` one after another in this process; returns the names of the runs that failed."""
+  import jax  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
   failed = []
   pending = [r for r in runs if not _is_done(workdir_root, r)]
@@ -103,6 +105,11 @@ def run_all(runs, workdir_root, data_changes=None):
       print(f"[{i + 1}/{len(pending)}] {run.name} FAILED: {type(e).__name__}: {e}", flush=True)
       failed.append(run.name)
       continue
+    finally:
+      # Free the run's compiled executables: each keeps memory mappings for the life of the process, and a long grid
+      # of large models would otherwise reach the kernel's limit (vm.max_map_count) and abort.
+      jax.clear_caches()
+      gc.collect()
     test = results["test"]
     print(f"[{i + 1}/{len(pending)}] {run.name}: " + ", ".join(
         f"top-{k} {100 * test[f'top{k}_accuracy']:.2f} (macro {100 * test[f'macro_top{k}_accuracy']:.2f})"

@@ -3,8 +3,11 @@
 Two forced host devices let the pmap tests run on a CPU-only machine; the flag must be set before JAX initialises
 its backend, which is why it lives here and not in the individual tests.
 """
+import gc
 import os
 import tempfile
+
+import pytest
 
 _FLAG = "--xla_force_host_platform_device_count=2"
 if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
@@ -16,3 +19,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # CIFAR-LT presets), so the suite compiles each distinct computation once. Set JAX_COMPILATION_CACHE_DIR to move it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "noised_topk_jax_tests_xla_cache"))
+
+
+def _memory_map_count():
+  try:
+    with open("/proc/self/maps") as f:
+      return sum(1 for _ in f)
+  except OSError:  # Not Linux.
+    return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_executables():
+  """Clears JAX's compilation caches once a test process holds many memory mappings.
+
+  Every compiled XLA:CPU executable keeps a few memory mappings until it is freed; a pytest-xdist worker that runs
+  dozens of ResNet trainings (~1,000-2,500 mappings each) would otherwise reach the kernel's vm.max_map_count
+  (65,530 by default) and abort. Clearing only past a threshold keeps the cheap in-memory cache hits elsewhere.
+  """
+  yield
+  if _memory_map_count() > 20_000:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.clear_caches()
+    gc.collect()
