@@ -175,7 +175,7 @@ def plot_bars(grid, cells, setting, path):
   ax.set_xticklabels([grid.rows[r] for r in rows], rotation=35, ha="right", fontsize=8)
   ax.set_ylabel("%")
   ax.grid(axis="y", alpha=0.3)
-  values = [m for (r, s, _), v in cells.items() if s == setting for m in [mean_std(v)[0]]]
+  values = [mean_std(v)[0] for (_, s, _), v in cells.items() if s == setting]
   if values and grid.metric == "macro_topk":
     ax.set_ylim(max(0.0, min(values) - 10), 100)
   ax.legend(fontsize=8, ncol=len(grid.ks), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
@@ -226,7 +226,7 @@ def fashion_claims(cells) -> List[str]:
   lines.append("| setting | K | best balanced | best imbalance-aware | difference | verdict | noised imb. - noised bal. "
                "| LDAM - CE | CE-DRW - CE |")
   lines.append("|---|---|---|---|---|---|---|---|---|")
-  for s, _, _ in [(n, p, r) for n, p, r in fm.SETTINGS]:
+  for s, _, _ in fm.SETTINGS:
     for k in fm.KS:
       if not all(any((r, s, k) in cells for r in g) for g in (fm.BALANCED, fm.IMBALANCED)):
         continue

@@ -19,7 +19,6 @@ from experiments import config as config_lib
 from experiments import configs
 from experiments.configs import cifar_lt
 from experiments.configs import fashion_mnist_lt
-from experiments.configs import plantnet
 
 
 @dataclasses.dataclass(frozen=True)

@@ -117,17 +117,21 @@ def run_all(runs, workdir_root, data_changes=None):
   return failed
 
 
+def _usable_cores():
+  """The cores this process may run on; empty where the OS cannot tell (no pinning there)."""
+  return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
 def default_num_workers(max_workers=8):
   """One worker per usable core (at most `max_workers`) when JAX would run on the CPU; else 1 (one accelerator)."""
   import jax  # pylint: disable=g-import-not-at-top
   if jax.default_backend() != "cpu":
     return 1
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-  return max(1, min(cores, max_workers))
+  return max(1, min(len(_usable_cores()) or os.cpu_count() or 1, max_workers))
 
 
 def _spawn_workers(grid, seeds, workdir_root, num_workers):
-  cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+  cores = _usable_cores()
   pin = len(cores) >= num_workers
   procs = []
   for i in range(num_workers):
@@ -213,11 +217,10 @@ def main(argv):
   output_dir = FLAGS.output_dir or os.path.join("docs", "results", grid.name)
 
   if FLAGS.dry_run:
-    done = sum(_is_done(workdir_root, r) for r in runs)
-    print(f"# {grid.name}: {len(runs)} runs ({done} done), seeds {','.join(map(str, seeds))}.")
+    done = {r.name for r in runs if _is_done(workdir_root, r)}
+    print(f"# {grid.name}: {len(runs)} runs ({len(done)} done), seeds {','.join(map(str, seeds))}.")
     for run in runs:
-      print(("# done: " if _is_done(workdir_root, run) else "") + run_command(grid, run, workdir_root,
-                                                                               _data_changes()))
+      print(("# done: " if run.name in done else "") + run_command(grid, run, workdir_root, _data_changes()))
     return
 
   if FLAGS.worker_index is not None:  # A worker of --num_workers: train its share, no table.

@@ -1,5 +1,6 @@
 """Tests of the reproduction grids: their presets, the dry run, one training step of every preset, aggregation."""
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -244,8 +245,8 @@ def test_missing_runs_are_marked(tmp_path):
 def test_run_all_skips_finished_runs_and_survives_a_failure(fashion_dir, tmp_path, capsys):
   grid = grids.get_grid("fashion_mnist_lt")
   runs = [r for r in grid.runs((0,)) if r.row in ("ce", "topk_hinge") and r.setting == "exp100"][:2]
-  runs = [dataclass_replace(r, config=_tiny_fashion(r.config, fashion_dir)) for r in runs]
-  broken = dataclass_replace(runs[1], name="broken", config=runs[1].config.replace(data_dir=str(tmp_path / "none")))
+  runs = [dataclasses.replace(r, config=_tiny_fashion(r.config, fashion_dir)) for r in runs]
+  broken = dataclasses.replace(runs[1], name="broken", config=runs[1].config.replace(data_dir=str(tmp_path / "none")))
   root = str(tmp_path / "root")
   assert reproduce.run_all(runs + [broken], root) == ["broken"]
   assert "broken FAILED: DatasetNotFoundError" in capsys.readouterr().out
@@ -253,11 +254,6 @@ def test_run_all_skips_finished_runs_and_survives_a_failure(fashion_dir, tmp_pat
   assert reproduce.run_all(runs, root) == []  # Both done: nothing runs, nothing is rewritten.
   assert "..." not in capsys.readouterr().out
   assert os.path.getmtime(os.path.join(root, runs[0].name, "results.json")) == first
-
-
-def dataclass_replace(obj, **changes):
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  return dataclasses.replace(obj, **changes)
 
 
 @pytest.mark.parametrize("args, message", [
