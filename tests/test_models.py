@@ -10,8 +10,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import traverse_util
+
+import noised_topk_jax as ntk
 
 from experiments import convert_torchvision_weights as convert
 from experiments import models
@@ -218,6 +221,52 @@ def test_cosine_head_matches_normalized_dot_product_and_has_no_bias():
   assert float(aligned[0, 0]) == pytest.approx(1.0, abs=1e-6) and float(aligned.max()) <= 1.0
   grads = jax.jit(jax.grad(lambda v, z: head.apply(v, z).sum(), argnums=(0, 1)))(variables, jnp.zeros((4, 8)))
   assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+@pytest.mark.parametrize("shape", [(1568, 10), (64, 1081), (3, 2)])
+def test_cosine_head_initial_columns_have_unit_norm(shape):
+  kernel = np.asarray(models.unit_column_uniform_init(_key(0), shape), np.float64)
+  assert kernel.shape == shape
+  np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
+  # The columns are rescaled draws, not one direction repeated.
+  assert np.linalg.matrix_rank(kernel) == min(shape)
+  head = models.CosineHead(shape[1])
+  variables = _init(head, _key(1), jnp.ones((2, shape[0])))
+  np.testing.assert_allclose(np.linalg.norm(variables["params"]["kernel"], axis=0), 1.0, rtol=1e-5)
+
+
+def _head_angle_after_sgd(head, loss_fn, *, kernel_scale=1.0, steps=5, learning_rate=0.05):
+  """Mean angle (radians) by which the head's kernel columns turn in `steps` steps of the binaries' optimizer (SGD,
+  momentum 0.9, coupled weight decay 5e-4) on one fixed batch of 1,568 post-ReLU-like features (the CNN's width)."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(np.abs(rng.standard_normal((128, 1568))), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 10, 128))
+  params = jax.tree.map(lambda a: a * kernel_scale, _init(head, _key(1), x)["params"])
+  tx = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(learning_rate, momentum=0.9))
+  grad = jax.jit(jax.grad(lambda p: jnp.mean(loss_fn(head.apply({"params": p}, x), labels))))
+  opt_state, w0 = tx.init(params), np.asarray(params["kernel"], np.float64)
+  for _ in range(steps):
+    updates, opt_state = tx.update(grad(params), opt_state, params)
+    params = optax.apply_updates(params, updates)
+  w1 = np.asarray(params["kernel"], np.float64)
+  cos = np.sum(w0 * w1, 0) / np.linalg.norm(w0, axis=0) / np.linalg.norm(w1, axis=0)
+  return float(np.mean(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def test_cosine_head_learns_as_fast_as_linear_head():
+  # The property a mis-scaled init breaks: under SGD a column of norm r turns by ~lr / r**2 per step, so the cosine
+  # head's effective learning rate is set by its init. With unit-norm columns LDAM (scale 30) turns the cosine head's
+  # columns by about as much as cross-entropy turns the linear head's (measured ratio ~0.8); U(-1, 1) columns without
+  # the rescaling (norm ~23, the bug fixed in 0.2.0) turn ~200 times less (~0.004), and this test must fail on them.
+  counts = 5500 * 0.01 ** (np.arange(10) / 9)
+  ldam = functools.partial(ntk.ldam_loss, margins=ntk.class_margins(counts, max_margin=0.5), scale=30.0)
+  linear = _head_angle_after_sgd(models.LinearHead(10, kernel_init=models.kaiming_normal_fan_in),
+                                 ntk.cross_entropy_loss)
+  cosine = _head_angle_after_sgd(models.CosineHead(10), ldam)
+  assert linear > 0.05
+  assert 0.2 < cosine / linear < 5.0, (cosine, linear)
+  unscaled = _head_angle_after_sgd(models.CosineHead(10), ldam, kernel_scale=np.sqrt(1568 / 3))
+  assert unscaled / linear < 0.02, (unscaled, linear)
 
 
 @pytest.mark.parametrize("name", ["cnn", "resnet32"])
