@@ -6,10 +6,13 @@ from noised_topk_jax.imbalance import PROFILES
 from noised_topk_jax.imbalance import class_balanced_weights
 from noised_topk_jax.imbalance import class_margins
 from noised_topk_jax.imbalance import drw_class_weights
+from noised_topk_jax.imbalance import logit_adjustment
 from noised_topk_jax.imbalance import long_tailed_counts
+from noised_topk_jax.losses import balanced_softmax_loss
 from noised_topk_jax.losses import cross_entropy_loss
 from noised_topk_jax.losses import focal_loss
 from noised_topk_jax.losses import ldam_loss
+from noised_topk_jax.losses import logit_adjusted_loss
 from noised_topk_jax.losses import max_margin_loss
 from noised_topk_jax.losses import noised_topk_loss
 from noised_topk_jax.losses import smooth_topk_svm_loss
@@ -31,6 +34,7 @@ __all__ = (
     "PROFILES",
     "SELECTIONS",
     "accuracies_from_counts",
+    "balanced_softmax_loss",
     "class_balanced_weights",
     "class_margins",
     "cross_entropy_loss",
@@ -38,6 +42,8 @@ __all__ = (
     "focal_loss",
     "kth_largest",
     "ldam_loss",
+    "logit_adjusted_loss",
+    "logit_adjustment",
     "long_tailed_counts",
     "macro_topk_accuracy",
     "max_margin_loss",

@@ -123,3 +123,14 @@ def check_beta(beta, name="beta"):
   if not 0.0 <= b < 1.0:
     raise ValueError(f"`{name}` must be in [0, 1), got {beta}.")
   return b
+
+
+def check_finite_nonnegative(value, name):
+  """A static Python/NumPy real >= 0 and finite, returned as a float."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not (isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) == 0):
+      raise TypeError(f"`{name}` must be a Python number, got {type(value).__name__}.")
+  v = float(value)
+  if not np.isfinite(v) or v < 0:
+    raise ValueError(f"`{name}` must be a finite number >= 0, got {value}.")
+  return v

@@ -42,6 +42,41 @@ def class_margins(class_counts, *, max_margin, power=0.25):
   return m * (max_margin / np.max(m))
 
 
+def logit_adjustment(class_counts, *, tau=1.0):
+  r"""Logit-adjustment offsets: `tau` times the log of the training class prior.
+
+  .. math::
+    o_y = \tau \log \frac{n_y}{\sum_j n_j}
+
+  Add them to the logits inside a loss (`logit_adjusted_loss`, or `logits + offsets` before any other loss,
+  including both noised forms) to train for the balanced error; or subtract them from a plain cross-entropy model's
+  logits at prediction time (post-hoc adjustment, `logits - logit_adjustment(counts, tau=tau)`).
+
+  Args:
+    class_counts: per-class training counts, shape `[L]`, all > 0 and finite.
+    tau: the temperature, a finite number >= 0 (1 in Menon et al.; 0 gives zero offsets).
+
+  Returns:
+    float32 offsets `[L]` (all <= 0).
+
+  Example:
+    >>> import numpy as np, noised_topk_jax as ntk
+    >>> ntk.logit_adjustment(np.array([3, 1]), tau=1.0).round(4)
+    array([-0.2877, -1.3863], dtype=float32)
+
+  References:
+    Menon et al., Long-tail learning via logit adjustment, ICLR 2021.
+  """
+  return _log_prior_offsets(class_counts, tau=tau).astype(np.float32)
+
+
+def _log_prior_offsets(class_counts, *, tau):
+  """float64 `tau * log(n_y / sum n)`: `logit_adjustment` before its float32 cast (losses cast to their dtype)."""
+  counts = _checks.check_class_counts(class_counts)
+  tau = _checks.check_finite_nonnegative(tau, "tau")
+  return tau * np.log(counts / counts.sum())
+
+
 def class_balanced_weights(class_counts, *, beta):
   r"""Class-balanced weights from the effective number of samples, normalized to sum to L.
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from noised_topk_jax import _checks
+from noised_topk_jax import imbalance as _imbalance
 from noised_topk_jax import topk as _topk
 
 
@@ -144,6 +145,72 @@ def ldam_loss(logits, labels, *, margins, scale):
   m_y = _per_class(margins, labels, num_classes, "margins", x.dtype)
   shifted = x - m_y[..., None] * _onehot(labels, num_classes, x.dtype)
   return _ce(scale * shifted, labels).astype(dtype)
+
+
+def logit_adjusted_loss(logits, labels, *, class_counts, tau=1.0):
+  r"""Logit-adjusted softmax cross-entropy: cross-entropy of the logits plus `tau` times the log class prior.
+
+  .. math::
+    \ell(s, y) = \mathrm{CE}(s + o, y), \qquad o_y = \tau \log \frac{n_y}{\sum_j n_j}
+
+  Frequent classes get a larger offset, so the model must give rare classes a larger margin; the loss is consistent
+  for the balanced error at `tau = 1`, where it is balanced softmax (`balanced_softmax_loss`). The offsets are
+  `logit_adjustment(class_counts, tau=tau)`; adding them to the logits composes with any other loss the same way,
+  e.g. `noised_topk_loss(logits + offsets, labels, ...)`. Predict with the raw logits (the adjustment is only in
+  the loss).
+
+  Args:
+    logits: floating array `[..., L]`.
+    labels: integer array `[...]`.
+    class_counts: per-class training counts `[L]` (static NumPy/Python values, all > 0).
+    tau: temperature, a finite number >= 0 (`tau = 0` is cross-entropy).
+
+  Returns:
+    The per-example loss, shape `labels.shape`, dtype `logits.dtype`.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np, noised_topk_jax as ntk
+    >>> ntk.logit_adjusted_loss(jnp.zeros((1, 2)), jnp.array([1]), class_counts=np.array([3, 1])).round(4)
+    Array([1.3863], dtype=float32)
+
+  References:
+    Menon et al., Long-tail learning via logit adjustment, ICLR 2021.
+  """
+  logits, labels, dtype, x = _prepare(logits, labels)
+  offsets = _offsets(class_counts, tau, x.shape[-1])
+  return _ce(x + jnp.asarray(offsets, x.dtype), labels).astype(dtype)
+
+
+def balanced_softmax_loss(logits, labels, *, class_counts):
+  r"""Balanced softmax: `logit_adjusted_loss` at `tau = 1`.
+
+  .. math::
+    \ell(s, y) = -\log \frac{n_y e^{s_y}}{\sum_j n_j e^{s_j}}
+
+  Args:
+    logits: floating array `[..., L]`.
+    labels: integer array `[...]`.
+    class_counts: per-class training counts `[L]`, all > 0.
+
+  Returns:
+    The per-example loss, shape `labels.shape`, dtype `logits.dtype`.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np, noised_topk_jax as ntk
+    >>> ntk.balanced_softmax_loss(jnp.zeros((1, 2)), jnp.array([0]), class_counts=np.array([3, 1])).round(4)
+    Array([0.2877], dtype=float32)
+
+  References:
+    Ren et al., Balanced meta-softmax for long-tailed visual recognition, NeurIPS 2020.
+  """
+  return logit_adjusted_loss(logits, labels, class_counts=class_counts, tau=1.0)
+
+
+def _offsets(class_counts, tau, num_classes):
+  offsets = _imbalance._log_prior_offsets(class_counts, tau=tau)
+  if offsets.shape != (num_classes,):
+    raise ValueError(f"`class_counts` must have one count per class ({num_classes}), got shape {offsets.shape}.")
+  return offsets
 
 
 def _check_k_plus_one(k, num_classes):

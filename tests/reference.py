@@ -174,6 +174,25 @@ def ldam_loss(logits, labels, margins, scale):
   return loss.reshape(batch_shape), grad.reshape(batch_shape + (num_classes,))
 
 
+def logit_adjustment(class_counts, tau):
+  total = float(sum(float(n) for n in class_counts))
+  return np.array([tau * math.log(float(n) / total) for n in class_counts], dtype=np.float64)
+
+
+def logit_adjusted_loss(logits, labels, class_counts, tau):
+  """CE of the logits plus tau * log(prior); gradient softmax(s + o) - e_y."""
+  offsets = logit_adjustment(class_counts, tau)
+  flat, labels_flat, batch_shape = _rows(logits, labels)
+  num_classes = flat.shape[-1]
+  loss = np.empty(flat.shape[0])
+  grad = np.empty_like(flat)
+  for i, (row, y) in enumerate(zip(flat, labels_flat)):
+    z = row + offsets
+    loss[i] = logsumexp(z) - z[y]
+    grad[i] = softmax(z) - onehot(y, num_classes)
+  return loss.reshape(batch_shape), grad.reshape(batch_shape + (num_classes,))
+
+
 def _margin_of(margins, y):
   margins = _f64(margins)
   return float(margins) if margins.ndim == 0 else float(margins[y])

@@ -133,6 +133,17 @@ def test_statistics_feed_each_other():
                              ref.class_balanced_weights(counts, 0.9999), rtol=1e-10)
 
 
+@pytest.mark.parametrize("tau", [0.0, 0.5, 1.0, 2.0])
+def test_logit_adjustment(tau):
+  counts = ntk.long_tailed_counts(10, max_count=5000, imbalance_ratio=100)
+  got = ntk.logit_adjustment(counts, tau=tau)
+  assert got.dtype == np.float32 and got.shape == (10,)
+  np.testing.assert_allclose(got, ref.logit_adjustment(counts, tau), rtol=1e-6, atol=1e-7)
+  # exp of the tau = 1 offsets is the class prior.
+  if tau == 1.0:
+    np.testing.assert_allclose(np.exp(got.astype(np.float64)).sum(), 1.0, rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Bad inputs.
 
@@ -146,6 +157,11 @@ BAD_CALLS = [
     ("beta", lambda: ntk.class_balanced_weights([5, 3], beta=-0.1)),
     ("beta", lambda: ntk.class_balanced_weights([5, 3], beta=1.5)),
     ("beta", lambda: ntk.drw_class_weights([5, 3], epoch=200, start_epoch=160, beta=1.0)),
+    ("class_counts", lambda: ntk.logit_adjustment([5, 0, 3])),
+    ("class_counts", lambda: ntk.logit_adjustment([[5, 3]])),
+    ("class_counts", lambda: ntk.logit_adjustment([5, np.nan])),
+    ("tau", lambda: ntk.logit_adjustment([5, 3], tau=np.nan)),
+    ("tau", lambda: ntk.logit_adjustment([5, 3], tau=-0.5)),
     ("imbalance_ratio", lambda: ntk.long_tailed_counts(10, max_count=5000, imbalance_ratio=0.5)),
     ("imbalance_ratio", lambda: ntk.long_tailed_counts(10, max_count=5000, imbalance_ratio=-3.0)),
     ("profile", lambda: ntk.long_tailed_counts(10, max_count=5000, imbalance_ratio=10, profile="linear")),

@@ -120,6 +120,48 @@ def test_ldam_loss(shape, scale, use_jit):
          lambda s, y: ref.ldam_loss(s, y, margins, scale), logits, labels, use_jit, atol=1e-5 * scale)
 
 
+def _counts(num_classes, seed=6):
+  return np.random.default_rng(seed).integers(1, 5000, size=num_classes)
+
+
+@pytest.mark.parametrize("shape,tau,use_jit", _with_modes(
+    [((6, 10), 1.0), ((2, 3, 10), 0.5), ((4, 100), 2.0), ((8, 5), 0.0), ((10,), 1.5)], eager=(1,)))
+def test_logit_adjusted_loss(shape, tau, use_jit):
+  logits, labels = _inputs(shape, 7, scale=3.0)
+  counts = _counts(shape[-1])
+  _check(functools.partial(ntk.logit_adjusted_loss, class_counts=counts, tau=tau),
+         lambda s, y: ref.logit_adjusted_loss(s, y, counts, tau), logits, labels, use_jit)
+
+
+def test_balanced_softmax_is_logit_adjustment_at_tau_one_and_tau_zero_is_ce():
+  logits, labels = _inputs((6, 10), 8, scale=2.0)
+  counts = _counts(10)
+  np.testing.assert_allclose(np.asarray(ntk.balanced_softmax_loss(logits, labels, class_counts=counts)),
+                             ref.logit_adjusted_loss(logits, labels, counts, 1.0)[0], rtol=RTOL, atol=ATOL)
+  # The balanced-softmax form -log(n_y e^{s_y} / sum_j n_j e^{s_j}), written out independently.
+  scaled = counts[None, :] * np.exp(logits.astype(np.float64))
+  direct = -np.log(scaled[np.arange(6), labels] / scaled.sum(-1))
+  np.testing.assert_allclose(np.asarray(ntk.balanced_softmax_loss(logits, labels, class_counts=counts)), direct,
+                             rtol=RTOL, atol=ATOL)
+  chex.assert_trees_all_close(ntk.logit_adjusted_loss(logits, labels, class_counts=counts, tau=0.0),
+                              ntk.cross_entropy_loss(logits, labels), rtol=1e-6, atol=1e-6)
+
+
+def test_logit_adjustment_composes_with_the_noised_loss():
+  # Offsets added to the logits of another loss: the noised loss sees exactly the shifted scores.
+  logits, labels = _inputs((6, 10), 9, uniform=True)
+  counts = _counts(10)
+  offsets = ntk.logit_adjustment(counts, tau=1.0)
+  noise = _noise(4, (6, 10), 9)
+  fn = lambda s: ntk.noised_topk_loss(s + offsets, labels, k=2, epsilon=0.5, noise=jnp.asarray(noise))
+  value, grad = jax.jit(jax.vmap(jax.value_and_grad(lambda s, y, n: ntk.noised_topk_loss(
+      s + offsets, y, k=2, epsilon=0.5, noise=n)), in_axes=(0, 0, 1)))(jnp.asarray(logits), labels, noise)
+  want_value, want_grad = ref.noised_topk_loss(logits + offsets, labels, 2, 0.5, noise)[:2]
+  np.testing.assert_allclose(np.asarray(fn(jnp.asarray(logits))), want_value, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(value), want_value, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=RTOL, atol=ATOL)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Top-k hinge and the noised top-k loss.
 
@@ -503,6 +545,9 @@ def _loss_factories():
                                          lambda s, y: ref.focal_loss(s, y, 0.5), 3e-2),
       "ldam": lambda shape: (functools.partial(ntk.ldam_loss, margins=jnp.asarray(ldam_m(shape)), scale=5.0),
                              lambda s, y: ref.ldam_loss(s, y, ldam_m(shape), 5.0), 1.5e-1),
+      "logit_adjusted": lambda shape: (
+          functools.partial(ntk.logit_adjusted_loss, class_counts=_counts(shape[-1]), tau=1.0),
+          lambda s, y: ref.logit_adjusted_loss(s, y, _counts(shape[-1]), 1.0), 3e-2),
       "topk_hinge": lambda shape: (functools.partial(ntk.topk_hinge_loss, k=2),
                                    lambda s, y: ref.topk_hinge_loss(s, y, 2), 3e-2),
       "noised_topk": noised_factory,
@@ -523,7 +568,7 @@ def _loss_factories():
 
 
 LOSS_NAMES = sorted(_loss_factories())
-CORE_LOSS_NAMES = ["cross_entropy", "focal", "ldam", "topk_hinge", "noised_topk", "smooth_svm", "max_margin"]
+CORE_LOSS_NAMES = ["cross_entropy", "focal", "ldam", "logit_adjusted", "topk_hinge", "noised_topk", "smooth_svm", "max_margin"]
 
 
 def _extreme_fns(name, shape):
@@ -695,6 +740,15 @@ def _bad_loss_calls():
       ("k", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, y, k=5, tau=1.0)),
       ("tau", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, y, k=1, tau=0.0)),
       ("tau", ValueError, lambda s: ntk.smooth_topk_svm_loss(s, y, k=1, tau=-1.0)),
+      ("class_counts", ValueError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, 0, 2, 1])),
+      ("class_counts", ValueError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, -3, 2, 1])),
+      ("class_counts", ValueError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, 3, 2])),
+      ("class_counts", ValueError, lambda s: ntk.balanced_softmax_loss(s, y, class_counts=[5, 4, 3, 2, 1, 1])),
+      ("class_counts", ValueError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, np.inf, 2, 1])),
+      ("tau", ValueError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, 3, 2, 1], tau=np.nan)),
+      ("tau", ValueError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, 3, 2, 1], tau=np.inf)),
+      ("tau", ValueError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, 3, 2, 1], tau=-1.0)),
+      ("tau", TypeError, lambda s: ntk.logit_adjusted_loss(s, y, class_counts=[5, 4, 3, 2, 1], tau="1")),
       ("weights", ValueError, lambda s: ntk.weighted_mean(s[:, 0], jnp.ones(4))),
       ("ldam_margins", ValueError, lambda s: ntk.max_margin_loss(s, y, delta_minus=0.5, beta=1.0, scale=1.0,
                                                                  ldam_margins=jnp.ones(4))),
