@@ -6,8 +6,18 @@ unknown values and inconsistent combinations with a message naming the field.
 import dataclasses
 from typing import Optional, Tuple
 
+import numpy as np
+
 DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k")
-LOSSES = ("ce", "focal", "ldam", "mm", "mm_ldam", "smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced")
+LOSSES = ("ce", "focal", "ldam", "mm", "mm_ldam", "smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced",
+          "logit_adjusted", "balanced_softmax")
+# Losses that already add the log-prior offsets to the logits (so `logit_adjustment_tau` would add them twice).
+LOGIT_ADJUSTED_LOSSES = ("logit_adjusted", "balanced_softmax")
+# Losses whose logits are multiplied by `scale` inside the loss: logit-adjustment offsets act on the scaled logits,
+# so they are divided by the scale before being added to (or subtracted from) the raw ones.
+SCALED_LOSSES = ("ldam", "mm", "mm_ldam", "noised_imbalanced")
+# `tau` when not set: the smooth SVM's temperature (Pl@ntNet table), the logit adjustment's temperature (Menon et al.).
+DEFAULT_TAU = {"smooth_svm": 0.1, "logit_adjusted": 1.0}
 TRAIN_RULES = ("none", "reweight", "drw", "resample")
 MODELS = ("cnn", "resnet32", "resnet18", "resnet50")
 MODEL_SELECTIONS = ("auto", "val_macro_topk", "best_test_epoch", "last_epoch")
@@ -20,7 +30,7 @@ LOSS_HYPERPARAMETERS = {
     "max_margin": ("ldam", "mm_ldam", "noised_imbalanced"),
     "scale": ("ldam", "mm", "mm_ldam", "noised_imbalanced"),
     "gamma": ("focal",),
-    "tau": ("smooth_svm",),
+    "tau": ("smooth_svm", "logit_adjusted"),
     "svm_alpha": ("smooth_svm",),
     "mm_delta_minus": ("mm", "mm_ldam"),
     "mm_beta": ("mm", "mm_ldam"),
@@ -49,11 +59,13 @@ class Config:
   max_margin: float = 0.2
   scale: float = 60.0
   gamma: float = 2.0
-  tau: float = 0.1
+  tau: Optional[float] = None  # None: DEFAULT_TAU of the loss.
   svm_alpha: float = 1.0
   mm_delta_minus: float = 0.5
   mm_beta: float = 10.0
   mm_reference_code_compat: bool = False
+  logit_adjustment_tau: float = 0.0  # > 0: add tau * log(prior) to the logits of any other loss during training.
+  posthoc_tau: float = 0.0  # > 0: evaluate with logits - tau * log(prior) (post-hoc logit adjustment).
   train_rule: str = "none"
   cb_beta: float = 0.9999
   drw_start_epoch: int = 160
@@ -121,10 +133,14 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   for name in ("warmup_epochs", "drw_start_epoch"):
     if getattr(config, name) < 0:
       raise ValueError(f"`{name}` must be >= 0, got {getattr(config, name)}.")
-  for name in ("learning_rate", "tau", "scale"):
+  for name in ("learning_rate", "scale"):
     if not getattr(config, name) > 0:
       raise ValueError(f"`{name}` must be > 0, got {getattr(config, name)}.")
-  for name in ("epsilon", "gamma", "weight_decay", "momentum", "max_margin"):
+  if config.tau is not None and not (np.isfinite(config.tau) and (config.tau > 0 if config.loss == "smooth_svm"
+                                                                   else config.tau >= 0)):
+    bound = "> 0" if config.loss == "smooth_svm" else ">= 0"
+    raise ValueError(f"`tau` must be a finite number {bound} for loss={config.loss}, got {config.tau}.")
+  for name in ("epsilon", "gamma", "weight_decay", "momentum", "max_margin", "logit_adjustment_tau", "posthoc_tau"):
     if not getattr(config, name) >= 0:
       raise ValueError(f"`{name}` must be >= 0, got {getattr(config, name)}.")
   if config.imbalance_ratio < 1:
@@ -150,6 +166,9 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
     if name in explicitly_set and config.loss not in losses:
       raise ValueError(f"`{name}` is not used by `loss={config.loss}` (it is read by: {', '.join(losses)}). "
                        "Remove it or pick a loss that uses it.")
+  if config.logit_adjustment_tau and config.loss in LOGIT_ADJUSTED_LOSSES:
+    raise ValueError(f"`logit_adjustment_tau` adds the offsets that loss={config.loss} already adds; use `tau` "
+                     "(logit_adjusted) or leave `logit_adjustment_tau` at 0.")
   if config.pretrained_weights and config.model not in ("resnet18", "resnet50"):
     raise ValueError(f"`pretrained_weights` needs model resnet18 or resnet50, got {config.model!r}.")
   if config.model_selection == "val_macro_topk" and config.dataset in ("cifar10_lt", "cifar100_lt"):
@@ -158,6 +177,16 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   if config.distributed and (config.num_processes is None) != (config.process_id is None):
     raise ValueError("`num_processes` and `process_id` must be given together (or neither, for auto-detection).")
   return config
+
+
+def loss_tau(config: Config) -> float:
+  """The `tau` of the loss: the configured value, else the loss's default."""
+  return DEFAULT_TAU.get(config.loss, 0.0) if config.tau is None else float(config.tau)
+
+
+def logit_scale(config: Config) -> float:
+  """The factor the loss applies to the logits (1 for unscaled losses)."""
+  return float(config.scale) if config.loss in SCALED_LOSSES else 1.0
 
 
 def selection_k(config: Config) -> int:

@@ -37,7 +37,11 @@ _HELP = {
     "max_margin": "Margin of the rarest class (LDAM, MM-LDAM uses 0.5 internally, imbalanced noised).",
     "scale": "Logit scale (LDAM, MM, imbalanced noised).",
     "gamma": "Focal loss gamma.",
-    "tau": "Smooth top-k SVM temperature.",
+    "tau": "Temperature of smooth_svm (default 0.1) or of logit_adjusted (default 1.0).",
+    "logit_adjustment_tau": ("Add tau * log(class prior) to the logits of the loss during training (logit adjustment "
+                             "of any loss; divided by the scale for ldam/mm/noised_imbalanced). 0: off."),
+    "posthoc_tau": ("Evaluate with logits - tau * log(class prior) (post-hoc logit adjustment; divided by the scale "
+                    "for scaled losses). 0: off. results.json records it."),
     "mm_delta_minus": "MM loss delta^-.",
     "mm_beta": "MM loss beta (delta^+ = beta delta^-).",
     "mm_reference_code_compat": "Reproduce the released MM code's two quirks.",

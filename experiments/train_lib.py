@@ -38,8 +38,24 @@ class TrainState(flax_train_state.TrainState):
 # Loss, class weights, optimizer.
 
 
+def logit_offsets(config: config_lib.Config, class_counts: np.ndarray, tau: float) -> np.ndarray:
+  """`tau * log(prior)` in the units of the model's logits: divided by the loss's scale for scaled losses (LDAM, MM,
+  imbalanced noised), whose logits are cosines multiplied by `scale` inside the loss, so that the offsets act on the
+  scaled logits as logit adjustment prescribes."""
+  return ntk.logit_adjustment(class_counts, tau=tau) / np.float32(config_lib.logit_scale(config))
+
+
 def make_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callable:
-  """Returns `loss_fn(logits, labels, key) -> per-example losses` for `config.loss`."""
+  """Returns `loss_fn(logits, labels, key) -> per-example losses` for `config.loss`, with the logit-adjustment
+  offsets of `config.logit_adjustment_tau` added to the logits first when it is > 0."""
+  loss_fn = _base_loss_fn(config, class_counts)
+  if not config.logit_adjustment_tau:
+    return loss_fn
+  offsets = jnp.asarray(logit_offsets(config, class_counts, config.logit_adjustment_tau))
+  return lambda logits, labels, key: loss_fn(logits + offsets, labels, key)
+
+
+def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callable:
   name = config.loss
   if name == "ce":
     return lambda logits, labels, key: ntk.cross_entropy_loss(logits, labels)
@@ -55,7 +71,7 @@ def make_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callabl
         ldam_margins=ldam_margins, reference_code_compat=config.mm_reference_code_compat)
   if name == "smooth_svm":
     return lambda logits, labels, key: ntk.smooth_topk_svm_loss(
-        logits, labels, k=config.k, tau=config.tau, alpha=config.svm_alpha)
+        logits, labels, k=config.k, tau=config_lib.loss_tau(config), alpha=config.svm_alpha)
   if name == "topk_hinge":
     return lambda logits, labels, key: ntk.topk_hinge_loss(logits, labels, k=config.k)
   if name in ("noised_balanced", "noised_imbalanced"):
@@ -66,6 +82,11 @@ def make_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callabl
     return lambda logits, labels, key: ntk.noised_topk_loss(
         logits, labels, k=config.k, epsilon=config.epsilon, num_samples=config.num_samples, margins=margins,
         scale=scale, key=key)
+  if name == "logit_adjusted":
+    tau = config_lib.loss_tau(config)
+    return lambda logits, labels, key: ntk.logit_adjusted_loss(logits, labels, class_counts=class_counts, tau=tau)
+  if name == "balanced_softmax":
+    return lambda logits, labels, key: ntk.balanced_softmax_loss(logits, labels, class_counts=class_counts)
   raise ValueError(f"`loss` must be one of {config_lib.LOSSES}, got {name!r}.")
 
 
@@ -141,10 +162,13 @@ def train_step(state: TrainState, batch, rng, class_weights, *, loss_fn, schedul
   return new_state, metrics
 
 
-def eval_step(state: TrainState, batch, *, ks, num_classes):
-  """Per-class top-k counts for every k in `ks`, summed over the devices (padding masked out)."""
+def eval_step(state: TrainState, batch, *, ks, num_classes, posthoc_offsets=None):
+  """Per-class top-k counts for every k in `ks`, summed over the devices (padding masked out). `posthoc_offsets`
+  (`[L]`) are subtracted from the logits first (post-hoc logit adjustment)."""
   logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False)
   logits = logits.astype(jnp.float32)
+  if posthoc_offsets is not None:
+    logits = logits - posthoc_offsets
   out = {}
   for k in ks:
     correct, total = ntk.per_class_topk_counts(logits, batch["label"], k=k, num_classes=num_classes,
@@ -300,8 +324,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   rng = jax.random.key(config.seed + 1)
   p_train_step = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, schedule=schedule), axis_name=AXIS,
                           in_axes=(0, 0, None, None), donate_argnums=(0,))
-  p_eval_step = jax.pmap(functools.partial(eval_step, ks=tuple(config.eval_ks), num_classes=dataset.num_classes),
-                         axis_name=AXIS)
+  posthoc = (jnp.asarray(logit_offsets(config, class_counts, config.posthoc_tau)) if config.posthoc_tau else None)
+  p_eval_step = jax.pmap(functools.partial(eval_step, ks=tuple(config.eval_ks), num_classes=dataset.num_classes,
+                                           posthoc_offsets=posthoc), axis_name=AXIS)
   writer = reporting.SummaryWriter(os.path.join(workdir, "tensorboard")) if is_chief else None
   rstate = flax.jax_utils.replicate(state)
 
@@ -362,6 +387,11 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "train_rule": config.train_rule,
       "config": config.to_dict(),
       "model_selection": reporting.describe_selection(selection, sel_k, meta["best"]),
+      "logit_adjustment": {"training_tau": config.logit_adjustment_tau or (
+          config_lib.loss_tau(config) if config.loss == "logit_adjusted" else
+          1.0 if config.loss == "balanced_softmax" else 0.0), "posthoc_tau": config.posthoc_tau,
+          "evaluated_logits": "logits - posthoc_tau * log(prior)" + (" / scale" if config_lib.logit_scale(config) != 1
+                                                                   else "") if config.posthoc_tau else "logits"},
       "best_epoch": None if meta["best"] is None else meta["best"]["epoch"] + 1,
       "test": test_metrics,
       "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,

@@ -33,12 +33,15 @@ def test_grid_sizes_cover_the_seed_tables_and_every_loss():
   plant, mm, fashion = (grids.get_grid(n).runs(seeds) for n in ("plantnet_table", "mm_table1", "fashion_mnist_lt"))
   assert len(plant) == 6 * 3 * 3  # 6 losses x K = 1, 3, 5 (model selection per K) x 3 seeds
   assert len(mm) == 11 * 8 * 3
-  assert len(fashion) == 2 * (8 + 4 * 3) * 3
+  # 2 settings x (10 K-independent methods + 5 top-K methods x K = 1, 2, 3) x 3 seeds.
+  assert len(fashion) == 2 * (10 + 5 * 3) * 3
   for runs in (plant, mm, fashion):
     assert len({r.name for r in runs}) == len(runs)
   assert {r.preset for r in mm} == {n for n in configs.PRESETS if n.startswith(("cifar10_lt", "cifar100_lt"))}
   assert {r.preset for r in plant} == {n for n in configs.PRESETS if n.startswith("plantnet_")}
-  assert {r.config.loss for r in fashion} == set(config_lib.LOSSES)
+  # Every loss of the binaries, except balanced softmax: the same loss as logit_adjusted at tau 1 (its row).
+  assert {r.config.loss for r in fashion} == set(config_lib.LOSSES) - {"balanced_softmax"}
+  assert {r.config.tau for r in fashion if r.config.loss == "logit_adjusted"} == {1.0}
   assert {r.config.train_rule for r in fashion} == {"none", "drw"}
   # Pl@ntNet: each (loss, K) cell selects on validation macro top-K; the top-K losses also train with k = K.
   for run in plant:
@@ -204,7 +207,7 @@ def test_aggregate_only_writes_table_csv_plots_and_claims(tmp_path):
   assert "| CE | 71.00 ± 0.50 | 72.00 ± 0.50 | 73.00 ± 0.50 | 73.00 ± 0.50 |" in table
   with open(os.path.join(out, "table.csv")) as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 12 * 2 * 3
+  assert len(rows) == 15 * 2 * 3
   cell = next(r for r in rows if r["row"] == "mm_drw" and r["setting"] == "exp100" and r["k"] == "2")
   assert (float(cell["mean"]), float(cell["std"]), cell["num_seeds"]) == (78.0, 0.5, "3")
   with open(os.path.join(out, "runs.csv")) as f:
@@ -214,7 +217,10 @@ def test_aggregate_only_writes_table_csv_plots_and_claims(tmp_path):
     assert f"](plots/{name})" in table
   # Claims: MM-DRW - LDAM-DRW = +1.00 with standard error sqrt(2 * 0.5^2 / 3) = 0.41 -> holds (beyond 2 SE).
   assert "| exp100 | 1 | 77.00 | 76.00 | +1.00 ± 0.41 | holds |" in table
-  assert "| step10 | 3 | 85.00 | 1 of 12 | MM-DRW 81.00 | +4.00 ± 0.41 | holds |" in table
+  assert "| step10 | 3 | 85.00 | 1 of 15 | MM-DRW 81.00 | +4.00 ± 0.41 | holds |" in table
+  # Claim 4: noised imbalanced (0.80 + ...) against the LA rows (0.70 + ...), and LA offsets on the noised loss.
+  assert ("| exp100 | 2 | 82.00 | LA loss (logit-adjusted CE, tau 1) 72.00 | +10.00 ± 0.41 | holds | "
+          "-10.00 ± 0.41 (fails) |") in table
 
 
 def test_claim_verdicts_follow_the_noise():

@@ -28,7 +28,10 @@ it is scaled, and the reason is stated here:
   ~100 times denser), and epsilon 0.01 stalls here (validation top-1 47.5 % vs 71.3 % with 0.1, see
   experiments/configs/default.py);
 - the top-K calibrated hinge: linear head, no hyperparameter;
-- DRW: class-balanced weights (beta 0.9999) from the first learning-rate decay on, as in LDAM-DRW.
+- DRW: class-balanced weights (beta 0.9999) from the first learning-rate decay on, as in LDAM-DRW;
+- logit adjustment (Menon et al.): tau 1 for the LA loss (balanced softmax is the same loss at tau 1, so it has no
+  row of its own), for post-hoc adjustment of CE, and for the offsets added to the imbalanced noised loss's cosine
+  scores (divided by its scale 60, so that they act on the scaled scores; see train_lib.logit_offsets).
 """
 from experiments import config as config_lib
 
@@ -45,6 +48,8 @@ _MM_BETA_DELTA = {"exp100": (1.5, 0.6), "step10": (1.0, 2.1)}
 
 # method -> (label, changes, takes_k). Order = row order of the table.
 _LDAM = dict(loss="ldam", max_margin=0.5, scale=30.0, normalized_head=True)
+_NOISED_IMBALANCED = dict(loss="noised_imbalanced", epsilon=0.1, num_samples=5, max_margin=0.2, scale=60.0,
+                          normalized_head=True)
 METHODS = {
     "ce": ("CE", dict(loss="ce"), False),
     "ce_drw": ("CE-DRW (M-DRW)", dict(loss="ce", train_rule="drw"), False),
@@ -57,13 +62,17 @@ METHODS = {
     "topk_hinge": ("top-K hinge", dict(loss="topk_hinge"), True),
     "smooth_svm": ("smooth top-K SVM", dict(loss="smooth_svm", tau=0.1, svm_alpha=1.0), True),
     "noised_balanced": ("noised top-K, balanced", dict(loss="noised_balanced", epsilon=1.0, num_samples=5), True),
-    "noised_imbalanced": ("noised top-K, imbalanced",
-                          dict(loss="noised_imbalanced", epsilon=0.1, num_samples=5, max_margin=0.2, scale=60.0,
-                               normalized_head=True), True),
+    "noised_imbalanced": ("noised top-K, imbalanced", _NOISED_IMBALANCED, True),
+    "la": ("LA loss (logit-adjusted CE, tau 1)", dict(loss="logit_adjusted", tau=1.0), False),
+    "ce_posthoc_la": ("CE + post-hoc LA (tau 1)", dict(loss="ce", posthoc_tau=1.0), False),
+    "noised_imbalanced_la": ("noised top-K, imbalanced + LA offsets (tau 1)",
+                             dict(logit_adjustment_tau=1.0, **_NOISED_IMBALANCED), True),
 }
 # Groups used by the claims checked next to the table.
 BALANCED = ("ce", "focal", "topk_hinge", "smooth_svm", "noised_balanced")
-IMBALANCED = ("ce_drw", "ldam", "ldam_drw", "mm", "mm_drw", "mm_ldam_drw", "noised_imbalanced")
+IMBALANCED = ("ce_drw", "ldam", "ldam_drw", "mm", "mm_drw", "mm_ldam_drw", "noised_imbalanced", "la", "ce_posthoc_la",
+              "noised_imbalanced_la")
+LOGIT_ADJUSTED = ("la", "ce_posthoc_la")
 
 
 def base_config(setting: str, *, epochs: int = EPOCHS, learning_rate: float = LEARNING_RATE,
