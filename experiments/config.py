@@ -73,6 +73,7 @@ class Config:
   model: str = "cnn"
   normalized_head: bool = True
   pretrained_weights: Optional[str] = None
+  require_pretrained: bool = False  # The Pl@ntNet presets: refuse to start without pretrained_weights.
   half_precision: bool = False
   # Optimizer and schedule (SGD with momentum, coupled weight decay, linear warm-up, step decay).
   epochs: int = 16
@@ -82,7 +83,7 @@ class Config:
   momentum: float = 0.9
   nesterov: bool = False
   weight_decay: float = 5e-4
-  warmup_epochs: int = 1
+  warmup_epochs: int = 0
   lr_decay_epochs: Tuple[int, ...] = (10, 14)
   lr_decay_factor: float = 0.1
   # Evaluation, model selection, bookkeeping.
@@ -160,8 +161,9 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
                      f"{config.drw_start_epoch}, epochs={config.epochs} (re-weighting would never start).")
   if "drw_start_epoch" in explicitly_set and config.train_rule != "drw":
     raise ValueError(f"`drw_start_epoch` is only used with `train_rule=drw`, got train_rule={config.train_rule!r}.")
-  if "cb_beta" in explicitly_set and config.train_rule not in ("drw", "reweight"):
-    raise ValueError(f"`cb_beta` is only used with `train_rule` drw or reweight, got {config.train_rule!r}.")
+  if "cb_beta" in explicitly_set and config.train_rule not in ("drw", "reweight", "resample"):
+    raise ValueError(f"`cb_beta` is only used with `train_rule` drw, reweight or resample, got "
+                     f"{config.train_rule!r}.")
   for name, losses in LOSS_HYPERPARAMETERS.items():
     if name in explicitly_set and config.loss not in losses:
       raise ValueError(f"`{name}` is not used by `loss={config.loss}` (it is read by: {', '.join(losses)}). "
@@ -177,6 +179,15 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   if config.distributed and (config.num_processes is None) != (config.process_id is None):
     raise ValueError("`num_processes` and `process_id` must be given together (or neither, for auto-detection).")
   return config
+
+
+def check_pretrained(config: Config) -> None:
+  """Fails when the config asks for pretrained weights and none were given (checked when a run starts, not when a
+  grid is built: the weights come from a flag)."""
+  if config.require_pretrained and not config.pretrained_weights:
+    raise ValueError(f"This preset fine-tunes ImageNet weights (as the paper): pass `pretrained_weights` (a .npz from "
+                     f"experiments.convert_torchvision_weights), or set `require_pretrained` to false to train "
+                     f"{config.model} from scratch.")
 
 
 def loss_tau(config: Config) -> float:

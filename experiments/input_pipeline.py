@@ -17,7 +17,7 @@ import dataclasses
 import gzip
 import json
 import os
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -219,23 +219,28 @@ class Dataset:
                        f"{self.name}: an epoch would have no full batch.")
     return self.num_train_examples // batch_size
 
-  def epoch_indices(self, *, epoch: int, seed: int, resample: bool = False) -> np.ndarray:
+  def epoch_indices(self, *, epoch: int, seed: int, resample: bool = False,
+                    resample_beta: Optional[float] = None) -> np.ndarray:
     """The training-example indices of one epoch, in order: a permutation, or class-balanced draws.
 
     With `resample`, `num_train_examples` indices are drawn with replacement, example `i` with probability
-    proportional to `1 / n_{y_i}`, so that every class present in the training split is equally likely.
+    proportional to `1 / n_{y_i}` (every class equally likely), or with `resample_beta` to the class-balanced weight
+    `(1 - beta) / (1 - beta^{n_{y_i}})` of Cui et al. (LDAM-DRW's `ImbalancedDatasetSampler`, CB-RS).
     """
     seed, epoch = _check_int(seed, "seed", minimum=0), _check_int(epoch, "epoch", minimum=0)
     rng = np.random.default_rng([seed, epoch, 0])
     n = self.num_train_examples
     if not resample:
       return rng.permutation(n)
-    counts = self.train_class_counts[self._train.labels]
-    weights = 1.0 / counts
+    if resample_beta is None:
+      weights = 1.0 / self.train_class_counts[self._train.labels]
+    else:
+      weights = ntk.class_balanced_weights(self.train_class_counts, beta=resample_beta)[self._train.labels]
     return rng.choice(n, size=n, replace=True, p=weights / weights.sum())
 
   def train_batches(self, *, epoch: int, batch_size: int, seed: int, resample: bool = False, augment: bool = True,
-                    process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+                    process_index: int = 0, process_count: int = 1,
+                    resample_beta: Optional[float] = None) -> Iterator[dict]:
     """One epoch of `{"image": float32 [b, H, W, C], "label": int32 [b]}`, `b = batch_size // process_count`.
 
     A deterministic function of `(seed, epoch, resample, augment)`: process `process_index` gets columns
@@ -245,7 +250,7 @@ class Dataset:
     """
     local = _check_sharding(batch_size, process_index, process_count)
     steps = self.steps_per_epoch(batch_size)
-    order = self.epoch_indices(epoch=epoch, seed=seed, resample=resample)
+    order = self.epoch_indices(epoch=epoch, seed=seed, resample=resample, resample_beta=resample_beta)
     columns = slice(process_index * local, (process_index + 1) * local)
     index_rows = order[:steps * batch_size].reshape(steps, batch_size)[:, columns]
     random_rows = None

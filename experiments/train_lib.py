@@ -47,12 +47,13 @@ def logit_offsets(config: config_lib.Config, class_counts: np.ndarray, tau: floa
 
 def make_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callable:
   """Returns `loss_fn(logits, labels, key) -> per-example losses` for `config.loss`, with the logit-adjustment
-  offsets of `config.logit_adjustment_tau` added to the logits first when it is > 0."""
+  offsets of `config.logit_adjustment_tau` added to the logits first when it is > 0. When
+  `weights_inside_loss(config)` (focal), it also takes the per-example class weights, `weights=`."""
   loss_fn = _base_loss_fn(config, class_counts)
   if not config.logit_adjustment_tau:
     return loss_fn
   offsets = jnp.asarray(logit_offsets(config, class_counts, config.logit_adjustment_tau))
-  return lambda logits, labels, key: loss_fn(logits + offsets, labels, key)
+  return lambda logits, labels, key, **weights: loss_fn(logits + offsets, labels, key, **weights)
 
 
 def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callable:
@@ -60,7 +61,11 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
   if name == "ce":
     return lambda logits, labels, key: ntk.cross_entropy_loss(logits, labels)
   if name == "focal":
-    return lambda logits, labels, key: ntk.focal_loss(logits, labels, gamma=config.gamma)
+    def focal(logits, labels, key, weights=None):
+      if weights is None:
+        return ntk.focal_loss(logits, labels, gamma=config.gamma)
+      return class_weighted_focal_loss(logits, labels, weights, gamma=config.gamma)
+    return focal
   if name == "ldam":
     margins = ntk.class_margins(class_counts, max_margin=config.max_margin)
     return lambda logits, labels, key: ntk.ldam_loss(logits, labels, margins=margins, scale=config.scale)
@@ -132,23 +137,46 @@ def make_optimizer(config: config_lib.Config, steps_per_epoch: int):
 # Steps.
 
 
-def train_step(state: TrainState, batch, rng, class_weights, *, loss_fn, schedule):
+def class_weighted_focal_loss(logits, labels, weights, *, gamma):
+  """Focal loss with the class weight inside the focusing factor: `(1 - exp(-c))^gamma * c`, `c = w_y * CE`.
+
+  LDAM-DRW's focal loss (`losses.py`: the weighted per-example cross-entropy goes through the focal factor, then a
+  plain mean over the batch); with all weights 1 it is `ntk.focal_loss`.
+  """
+  c = weights * ntk.cross_entropy_loss(logits, labels)
+  one_minus_p = jnp.maximum(-jnp.expm1(-c), 0.0)
+  positive = one_minus_p > 0
+  factor = jnp.where(positive, jnp.where(positive, one_minus_p, 1.0)**gamma, 0.0 if gamma > 0 else 1.0)
+  return factor * c
+
+
+def weights_inside_loss(config: config_lib.Config) -> bool:
+  """Whether the class weights enter the loss itself (focal, as LDAM-DRW's CB-Focal) instead of the reduction."""
+  return config.loss == "focal"
+
+
+def train_step(state: TrainState, batch, rng, class_weights, *, loss_fn, schedule, weights_inside=False):
   """One SGD step on the device's shard of the global batch; call under `pmap(axis_name=AXIS)`.
 
   The loss is the class-weighted mean over the *global* batch, `sum_i w_{y_i} l_i / sum_i w_{y_i}` (PyTorch's
-  weighted cross-entropy reduction), so 1 and n devices give the same update.
+  weighted cross-entropy reduction), so 1 and n devices give the same update. With `weights_inside` (focal) the
+  weights are applied inside the loss instead, `loss_fn(..., weights=w)`, and the reduction is the plain mean over
+  the global batch (LDAM-DRW's CB-Focal).
   """
   step_key = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
   labels = batch["label"]
   weights = class_weights[labels]
-  denominator = lax.psum(jnp.sum(weights), AXIS)
+  denominator = lax.psum(jnp.float32(labels.shape[0]) if weights_inside else jnp.sum(weights), AXIS)
 
   def objective(params):
     logits, new_model_state = state.apply_fn(
         {"params": params, "batch_stats": state.batch_stats}, batch["image"], train=True, mutable=["batch_stats"])
     logits = logits.astype(jnp.float32)
-    per_example = loss_fn(logits, labels, step_key)
-    return jnp.sum(weights * per_example) / denominator, (logits, new_model_state)
+    if weights_inside:
+      total = jnp.sum(loss_fn(logits, labels, step_key, weights=weights))
+    else:
+      total = jnp.sum(weights * loss_fn(logits, labels, step_key))
+    return total / denominator, (logits, new_model_state)
 
   (loss, (logits, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
   grads = lax.psum(grads, AXIS)
@@ -284,6 +312,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   Interrupted runs resume from the last checkpoint in `workdir/checkpoints` and end with the same results.
   """
   config = config_lib.validate(config)
+  config_lib.check_pretrained(config)
   _maybe_initialize_distributed(config)
   devices = jax.local_device_count() * jax.process_count()
   if config.eval_batch_size % devices:
@@ -322,7 +351,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     logging.info("Resumed from the checkpoint of epoch %d.", meta["epoch"])
 
   rng = jax.random.key(config.seed + 1)
-  p_train_step = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, schedule=schedule), axis_name=AXIS,
+  p_train_step = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, schedule=schedule,
+                                            weights_inside=weights_inside_loss(config)), axis_name=AXIS,
                           in_axes=(0, 0, None, None), donate_argnums=(0,))
   posthoc = (jnp.asarray(logit_offsets(config, class_counts, config.posthoc_tau)) if config.posthoc_tau else None)
   p_eval_step = jax.pmap(functools.partial(eval_step, ks=tuple(config.eval_ks), num_classes=dataset.num_classes,
@@ -334,7 +364,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     t0 = time.time()
     class_weights = jnp.asarray(class_weights_for_epoch(config, class_counts, epoch))
     batches = dataset.train_batches(epoch=epoch, batch_size=config.batch_size, seed=config.seed,
-                                    resample=config.train_rule == "resample", augment=config.augment,
+                                    resample=config.train_rule == "resample", resample_beta=config.cb_beta,
+                                    augment=config.augment,
                                     process_index=jax.process_index(), process_count=jax.process_count())
     train_metrics = []
     for i, batch in enumerate(batches):

@@ -226,6 +226,22 @@ def test_fashion_resampling_balances_the_class_histogram(fashion):
   assert len(one_epoch) == dataset.num_train_examples and len(np.unique(one_epoch)) < len(one_epoch)
 
 
+def test_fashion_resampling_with_beta_follows_the_class_balanced_weights(fashion):
+  # CB-RS (LDAM-DRW's sampler): P(class c) proportional to n_c (1 - beta) / (1 - beta^n_c). beta = 0.99 with the
+  # test's small counts (ratio 10) is far from uniform, so this distinguishes it from the 1 / n_c sampler.
+  dataset, _, _ = fashion
+  counts = np.asarray(dataset.train_class_counts, np.float64)
+  draws = np.concatenate([dataset._train.labels[dataset.epoch_indices(epoch=e, seed=3, resample=True,
+                                                                       resample_beta=0.99)] for e in range(8)])
+  w = counts * (1 - 0.99) / (1 - 0.99**counts)
+  expected = len(draws) * w / w.sum()
+  observed = np.bincount(draws, minlength=len(counts))
+  # Chi-square with 9 dof exceeds 35 with probability < 1e-4 under the model; the uniform sampler is far from it.
+  assert float(((observed - expected)**2 / expected).sum()) < 35
+  assert _chi_square_vs_uniform(draws, len(counts)) > 100
+  assert not np.allclose(expected, expected.mean(), rtol=0.2)
+
+
 def test_fashion_augmentation_is_a_padded_crop_and_flip(fashion):
   dataset, _, _ = fashion
   kwargs = dict(epoch=0, batch_size=128, seed=1)

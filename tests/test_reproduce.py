@@ -140,7 +140,7 @@ def test_every_plantnet_table_preset_runs_one_step(preset, plantnet_root, tmp_pa
   config = configs.get_preset(preset).config
   results = _one_step(config.replace(data_dir=plantnet_root, image_size=32, epochs=1, max_steps_per_epoch=1,
                                      batch_size=4, eval_batch_size=8, k=min(config.k, 3), selection_k=3,
-                                     eval_ks=(1, 3)), str(tmp_path))
+                                     eval_ks=(1, 3), require_pretrained=False), str(tmp_path))
   assert results["validation"] is not None
 
 

@@ -12,10 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import checkpointing
 from experiments import config as config_lib
 from experiments import configs
 from experiments import input_pipeline
 from experiments import train_lib
+import noised_topk_jax as ntk
 from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,6 +66,8 @@ LOSS_CASES = {
     "topk_hinge": dict(normalized_head=False, k=2),
     "noised_balanced": dict(normalized_head=False, k=2, epsilon=1.0, num_samples=3),
     "noised_imbalanced": dict(k=2, epsilon=0.01, num_samples=3, max_margin=0.2, scale=60.0),
+    "logit_adjusted": dict(normalized_head=False, tau=1.0),
+    "balanced_softmax": dict(normalized_head=False),
 }
 
 
@@ -124,7 +128,7 @@ def test_plantnet_end_to_end(model, tmp_path):
   fake_data.write_plantnet_tree(root)
   config = configs.get_preset("plantnet_noised_imbalanced").config.replace(
       data_dir=root, model=model, image_size=32, epochs=1, batch_size=8, eval_batch_size=8, max_steps_per_epoch=2,
-      eval_ks=(1, 3), selection_k=3, k=3)
+      eval_ks=(1, 3), selection_k=3, k=3, require_pretrained=False)
   workdir = str(tmp_path / "run")
   results = train_lib.train_and_evaluate(config, workdir)
   _check_outputs(workdir, results, config)
@@ -170,6 +174,78 @@ def test_noise_keys_differ_per_device(fashion_dir):
   keys = jax.pmap(lambda x: jax.random.key_data(jax.random.fold_in(jax.random.fold_in(
       jax.random.key(0), 3), jax.lax.axis_index("batch"))), axis_name="batch")(jnp.zeros(2))
   assert not np.array_equal(np.asarray(keys[0]), np.asarray(keys[1]))
+
+
+def test_logit_adjustment_offsets_reach_the_loss_in_scaled_units():
+  counts = np.array([500, 120, 40, 9])
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.uniform(-1, 1, (6, 4)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, 6))
+  key = jax.random.key(3)
+  prior = np.log(counts / counts.sum())
+  # Unscaled loss: CE + offsets tau * log(prior) is the logit-adjusted loss.
+  ce = train_lib.make_loss_fn(config_lib.Config(loss="ce", logit_adjustment_tau=0.5), counts)
+  np.testing.assert_allclose(ce(logits, labels, key), ntk.logit_adjusted_loss(logits, labels, class_counts=counts,
+                                                                              tau=0.5), rtol=1e-6)
+  # Scaled loss: the cosines get tau * log(prior) / scale, i.e. the offsets act on scale * cosine.
+  cfg = config_lib.Config(loss="noised_imbalanced", k=1, epsilon=0.1, num_samples=3, max_margin=0.2, scale=60.0,
+                          logit_adjustment_tau=1.0)
+  got = train_lib.make_loss_fn(cfg, counts)(logits, labels, key)
+  want = ntk.noised_topk_loss(logits + jnp.asarray(prior / 60.0, jnp.float32), labels, k=1, epsilon=0.1,
+                              num_samples=3, margins=ntk.class_margins(counts, max_margin=0.2), scale=60.0, key=key)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  plain = train_lib.make_loss_fn(cfg.replace(logit_adjustment_tau=0.0), counts)(logits, labels, key)
+  assert not np.allclose(got, plain)
+
+
+def test_posthoc_adjustment_changes_only_the_evaluated_logits(fashion_dir, tmp_path):
+  config = tiny_fashion_config(fashion_dir, loss="ce", normalized_head=False, max_steps_per_epoch=3, epochs=1)
+  plain = train_lib.train_and_evaluate(config, str(tmp_path / "plain"))
+  adjusted = train_lib.train_and_evaluate(config.replace(posthoc_tau=1.0), str(tmp_path / "posthoc"))
+  assert plain["logit_adjustment"]["posthoc_tau"] == 0.0 and plain["logit_adjustment"]["evaluated_logits"] == "logits"
+  assert adjusted["logit_adjustment"] == {"training_tau": 0.0, "posthoc_tau": 1.0,
+                                          "evaluated_logits": "logits - posthoc_tau * log(prior)"}
+  # Same training (same seed, same batches): the losses match; the evaluation differs.
+  assert [r["train"]["loss"] for r in plain["history"]] == [r["train"]["loss"] for r in adjusted["history"]]
+  # Recompute the adjusted test top-1 from the model's logits on the test set.
+  dataset = input_pipeline.get_dataset("fashion_mnist_lt", data_dir=fashion_dir, imbalance_ratio=10.0,
+                                       validation_per_class=6)
+  state, _ = train_lib.create_train_state(config, dataset, steps_per_epoch=3)
+  restored = checkpointing.Checkpointer(str(tmp_path / "posthoc" / "checkpoints"), config.replace(
+      posthoc_tau=1.0)).restore_latest(state, {"params": state.params, "batch_stats": state.batch_stats})
+  host = restored[0]
+  offsets = ntk.logit_adjustment(dataset.train_class_counts, tau=1.0)
+  correct = total = 0
+  for batch in dataset.eval_batches("test", batch_size=40):
+    logits = host.apply_fn({"params": host.params, "batch_stats": host.batch_stats}, batch["image"], train=False)
+    pred = np.argmax(np.asarray(logits) - offsets, axis=-1)
+    correct += float(np.sum((pred == batch["label"]) * batch["mask"]))
+    total += float(np.sum(batch["mask"]))
+  np.testing.assert_allclose(adjusted["test"]["top1_accuracy"], correct / total, atol=1e-6)
+
+
+def test_class_weighted_focal_puts_the_weight_inside_the_factor():
+  rng = np.random.default_rng(1)
+  logits = rng.standard_normal((8, 5)).astype(np.float32)
+  labels = rng.integers(0, 5, 8)
+  weights = rng.uniform(0.2, 3.0, 8).astype(np.float32)
+  got = train_lib.class_weighted_focal_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights), gamma=2.0)
+  x = logits.astype(np.float64)
+  ce = np.log(np.exp(x).sum(-1)) - x[np.arange(8), labels]
+  c = weights * ce
+  np.testing.assert_allclose(got, (1 - np.exp(-c))**2 * c, rtol=1e-5)
+  ones = train_lib.class_weighted_focal_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.ones(8), gamma=2.0)
+  np.testing.assert_allclose(ones, ntk.focal_loss(jnp.asarray(logits), jnp.asarray(labels), gamma=2.0), rtol=1e-6)
+  assert train_lib.weights_inside_loss(config_lib.Config(loss="focal"))
+  assert not train_lib.weights_inside_loss(config_lib.Config(loss="ce"))
+
+
+def test_pretrained_weights_are_required_where_the_preset_says_so():
+  config = configs.get_preset("plantnet_noised_imbalanced").config
+  with pytest.raises(ValueError, match="`pretrained_weights`"):
+    config_lib.check_pretrained(config)
+  config_lib.check_pretrained(config.replace(require_pretrained=False))
+  config_lib.check_pretrained(config.replace(pretrained_weights="weights.npz"))
 
 
 def test_host_side_label_check():
@@ -229,7 +305,8 @@ def test_a_workdir_of_another_config_is_refused(fashion_dir, tmp_path):
 
 
 def test_every_preset_validates_and_names_its_command():
-  assert len(configs.PRESETS) == 1 + 6 + 8 * 11 + 2 * (8 + 4 * 3)
+  # default, Pl@ntNet, MM Table 1, Fashion-MNIST-LT grid, logit-adjustment CIFAR presets.
+  assert len(configs.PRESETS) == 1 + 6 + 8 * 11 + 2 * (10 + 5 * 3) + 2 * 3
   for name, preset in configs.PRESETS.items():
     config_lib.validate(preset.config)
     assert preset.command.startswith(f"python -m experiments.train --config={name}")
@@ -242,6 +319,12 @@ def test_every_preset_validates_and_names_its_command():
     (["--config=no_such_preset"], "Unknown `config` preset"),
     (["--eval_ks=1,x"], "eval_ks"),
     (["--no_such_flag=1"], "no_such_flag"),
+    (["--loss=ce", "--tau=1"], "`tau` is not used by `loss=ce`"),
+    (["--loss=smooth_svm", "--tau=0"], "`tau` must be a finite number > 0"),
+    (["--loss=logit_adjusted", "--tau=-1"], "`tau` must be a finite number >= 0"),
+    (["--loss=logit_adjusted", "--logit_adjustment_tau=1"], "`logit_adjustment_tau` adds the offsets"),
+    (["--posthoc_tau=-0.5"], "`posthoc_tau` must be >= 0"),
+    (["--config=plantnet_ce"], "pass `pretrained_weights`"),
 ])
 def test_bad_flags_fail_at_start(args, message):
   out = _cli(*args, timeout=120)

@@ -8,17 +8,20 @@ top-K loss with K = 2 (several Fashion-MNIST classes look alike: T-shirt, shirt,
 validation split taken from the unused training images selects the epoch; the balanced test set is evaluated once.
 It finishes in a few minutes on a 2-core CPU.
 
-Hyperparameters (16 epochs, batch 128, SGD momentum 0.9, lr 0.2 with a 1-epoch warm-up, x0.1 at epochs 10 and 14,
-weight decay 5e-4; k 2, epsilon 0.1, B 5, max margin 0.2, scale 60) were picked with a few single-seed runs of this loss,
-reading validation top-1 and top-2 (lr 0.4 scored 92.3 vs 91.9 % validation top-2 but 74.1 vs 77.6 % top-1). The paper's Pl@ntNet value epsilon = 0.01 stalls here: with 10 classes the cosine
-scores are far apart, so a true class sitting at rank K+1 (where the hinge's gradient cancels) is almost never moved
-by the noise; at lr 0.05 and 12 epochs validation top-1 was 47.5 % with epsilon 0.01, 71.3 % with 0.1, 59.5 % with 0.3.
+Hyperparameters: 16 epochs, batch 128, SGD momentum 0.9, lr 0.1 (no warm-up), x0.1 at epochs 10 and 14, weight
+decay 5e-4; k 2, epsilon 0.1, B 5, max margin 0.2, scale 60. The learning rate and epsilon come from
+`scripts/tune_default.sh` (seed 0, best-epoch validation macro top-1 / top-2 %, with the cosine head's unit-norm
+init): lr 0.05 / 0.1 / 0.2 scored 76.2 / 92.5, 77.9 / 93.0, 75.8 / 93.2 with epsilon 0.1. lr 0.1 and 0.2 tie at
+top-2 (the selection metric; 0.1 point is within seed noise) and 0.1 is 2.1 points better at top-1, so 0.1. The
+paper's Pl@ntNet value epsilon = 0.01 stalls here: 59.5 / 79.6, 60.8 / 77.8, 62.2 / 76.4 at the same three learning
+rates. With 10 classes the cosine scores are far apart, so a true class sitting at rank K+1 (where the hinge's
+gradient cancels) is rarely moved by such small noise; with L = 1081 they are ~100 times denser.
 """
 from experiments import config as config_lib
 
 
 def get_config() -> config_lib.Config:
-  return config_lib.Config()
+  return config_lib.Config(learning_rate=0.1)
 
 
 def presets():

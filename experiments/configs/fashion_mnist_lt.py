@@ -81,7 +81,7 @@ def base_config(setting: str, *, epochs: int = EPOCHS, learning_rate: float = LE
   return config_lib.Config(
       dataset="fashion_mnist_lt", imbalance_profile=profile, imbalance_ratio=float(ratio), model="cnn",
       normalized_head=False, loss="ce", epochs=epochs, batch_size=128, learning_rate=learning_rate, momentum=0.9,
-      weight_decay=5e-4, warmup_epochs=1, lr_decay_epochs=tuple(lr_decay_epochs), lr_decay_factor=0.1,
+      weight_decay=5e-4, warmup_epochs=0, lr_decay_epochs=tuple(lr_decay_epochs), lr_decay_factor=0.1,
       drw_start_epoch=lr_decay_epochs[0], eval_ks=KS, model_selection="last_epoch", eval_every_epochs=epochs,
       checkpoint_every_epochs=2, log_every_steps=1000)
 

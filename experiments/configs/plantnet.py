@@ -9,7 +9,9 @@ model selection on validation macro-average top-K, test once; K = 5, reported K 
 top-1/3/5 %): CE 36.3/58.8/68.7, smooth SVM 35.7/50.3/50.9, balanced noised 35.8/58.7/66.4, focal 37.6/60.4/69.7,
 LDAM 40.6/63.3/71.9, imbalanced noised 42.4/64.9/73.2.
 ImageNet weights cannot be downloaded by the binary: convert a torchvision file with
-`python -m experiments.convert_torchvision_weights` and pass it with --pretrained_weights.
+`python -m experiments.convert_torchvision_weights` and pass it with --pretrained_weights. Without it a run refuses
+to start (the authors always fine-tune: `--pretrained` in every released command); `--require_pretrained=false`
+trains from scratch on purpose.
 """
 from experiments import config as config_lib
 
@@ -21,7 +23,7 @@ def _base(**changes) -> config_lib.Config:
       dataset="plantnet300k", model="resnet50", normalized_head=False, epochs=30, batch_size=32,
       eval_batch_size=64, learning_rate=0.002, momentum=0.9, nesterov=True, weight_decay=1e-4, warmup_epochs=0,
       lr_decay_epochs=(20, 25), lr_decay_factor=0.1, eval_ks=(1, 3, 5), selection_k=5,
-      model_selection="val_macro_topk", k=5, log_every_steps=200)
+      model_selection="val_macro_topk", k=5, log_every_steps=200, require_pretrained=True)
   return base.replace(**changes)
 
 
