@@ -14,6 +14,11 @@ training images), and are kept fixed for every loss: see docs/results/fashion_mn
 its scores. The reported model is the last epoch's (no model selection on the test set); the test set is balanced,
 so top-K and macro-average top-K accuracies coincide.
 
+Fixed, not tuned, and differing from the authors' CIFAR/Pl@ntNet protocols (docs/presets_vs_authors.md): weight
+decay 5e-4 (LDAM-DRW uses 2e-4, the noised top-K code 1e-4), SGD without Nesterov for every loss (LDAM-DRW's
+optimizer; the noised top-K code uses Nesterov), no warm-up, augmentation by a 28x28 crop of the image zero-padded
+by 2 pixels plus a horizontal flip (LDAM-DRW's CIFAR recipe scaled from 32 px with 4-pixel padding).
+
 Loss-specific values come from the papers (REFERENCE.md sections 2-5); where one depends on the number of classes L
 it is scaled, and the reason is stated here:
 - focal gamma 2 (Pl@ntNet table); LDAM max margin 0.5, scale 30, cosine head (LDAM-DRW's CIFAR-10 values);
