@@ -27,6 +27,7 @@ LOSS_HYPERPARAMETERS = {
     "k": ("smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced"),
     "epsilon": ("noised_balanced", "noised_imbalanced"),
     "num_samples": ("noised_balanced", "noised_imbalanced"),
+    "antithetic": ("noised_balanced", "noised_imbalanced"),
     "max_margin": ("ldam", "mm_ldam", "noised_imbalanced"),
     "scale": ("ldam", "mm", "mm_ldam", "noised_imbalanced"),
     "gamma": ("focal",),
@@ -56,6 +57,7 @@ class Config:
   k: int = 2
   epsilon: float = 0.1
   num_samples: int = 5
+  antithetic: bool = False  # Noise drawn as B/2 antithetic pairs (B even).
   max_margin: float = 0.2
   scale: float = 60.0
   gamma: float = 2.0
@@ -168,6 +170,8 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
     if name in explicitly_set and config.loss not in losses:
       raise ValueError(f"`{name}` is not used by `loss={config.loss}` (it is read by: {', '.join(losses)}). "
                        "Remove it or pick a loss that uses it.")
+  if config.antithetic and config.num_samples % 2:
+    raise ValueError(f"`antithetic` draws pairs Z, -Z: `num_samples` must be even, got {config.num_samples}.")
   if config.logit_adjustment_tau and config.loss in LOGIT_ADJUSTED_LOSSES:
     raise ValueError(f"`logit_adjustment_tau` adds the offsets that loss={config.loss} already adds; use `tau` "
                      "(logit_adjusted) or leave `logit_adjustment_tau` at 0.")

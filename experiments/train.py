@@ -34,6 +34,7 @@ _HELP = {
     "k": "K of the top-K losses (noised, hinge, smooth SVM).",
     "epsilon": "Noise scale of the noised top-K losses.",
     "num_samples": "Monte Carlo draws B of the noised top-K losses.",
+    "antithetic": "Draw the noised losses' B samples as B/2 antithetic pairs Z, -Z (B even).",
     "max_margin": "Margin of the rarest class (LDAM, MM-LDAM uses 0.5 internally, imbalanced noised).",
     "scale": "Logit scale (LDAM, MM, imbalanced noised).",
     "gamma": "Focal loss gamma.",

@@ -86,7 +86,7 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
       margins, scale = 1.0, 1.0
     return lambda logits, labels, key: ntk.noised_topk_loss(
         logits, labels, k=config.k, epsilon=config.epsilon, num_samples=config.num_samples, margins=margins,
-        scale=scale, key=key)
+        scale=scale, key=key, antithetic=config.antithetic)
   if name == "logit_adjusted":
     tau = config_lib.loss_tau(config)
     return lambda logits, labels, key: ntk.logit_adjusted_loss(logits, labels, class_counts=class_counts, tau=tau)

@@ -360,7 +360,8 @@ _noised_kth.defvjp(_noised_kth_fwd, _noised_kth_bwd)
 _noised_kth_jit = jax.jit(_noised_kth, static_argnums=(3, 4))
 
 
-def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=None, selection="auto"):
+def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=None, selection="auto",
+                       antithetic=False):
   r"""Gaussian-smoothed k-th largest score, estimated by Monte Carlo.
 
   .. math::
@@ -387,6 +388,11 @@ def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=
     noise: explicit standard-normal draws of shape `[B, *scores.shape]`, for reproducibility and tests.
     selection: the exact selection algorithm, one of `SELECTIONS` (all give identical results, see the module
       docstring); `"auto"` picks the fastest for the backend.
+    antithetic: draw the B samples as B/2 antithetic pairs `Z, -Z` from `key` (B must be even): the same unbiased
+      estimator with a lower variance where `top_k(s + eps Z)` is close to linear in `Z`, i.e. small `epsilon`
+      relative to the gaps between scores (benchmarks/RESULTS.md: about 1.7x lower gradient variance at
+      `epsilon=0.01` on Pl@ntNet-sized cosine scores, nothing at `epsilon >= 1`). With explicit `noise` the array is
+      used as given (it must hold the pairs itself); B must still be even.
 
   Returns:
     An array of shape `scores.shape[:-1]` and dtype `scores.dtype`.
@@ -408,12 +414,18 @@ def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=
   _checks.check_scalar(epsilon, "epsilon")
   _checks.check_nonnegative(epsilon, "epsilon")
   selection = _resolve_selection(selection, k)
-  noise = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise)
+  noise = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise, antithetic=antithetic)
   return _noised_kth_jit(scores, lax.stop_gradient(noise), epsilon, k, selection)
 
 
-def _resolve_noise(scores, *, num_samples, key, noise):
+def _resolve_noise(scores, *, num_samples, key, noise, antithetic=False):
   """Returns the `[B, *scores.shape]` standard-normal draws from exactly one of `key` and `noise`."""
+  if not isinstance(antithetic, bool):
+    raise TypeError(f"`antithetic` must be a Python bool, got {type(antithetic).__name__}.")
+  if antithetic:
+    b = num_samples if noise is None or not hasattr(noise, "shape") else noise.shape[0]
+    if b is not None and int(b) % 2:
+      raise ValueError(f"`antithetic=True` needs an even number of samples (pairs Z, -Z): `num_samples`={b}.")
   if (key is None) == (noise is None):
     raise ValueError("Exactly one of `key` and `noise` must be given "
                      f"(got key={'None' if key is None else 'a key'}, noise={'None' if noise is None else 'an array'}).")
@@ -422,6 +434,9 @@ def _resolve_noise(scores, *, num_samples, key, noise):
       raise ValueError("`num_samples` is required when `key` is given.")
     num_samples = _checks.check_int(num_samples, "num_samples", minimum=1)
     cdtype = _checks.compute_dtype(scores.dtype)
+    if antithetic:
+      half = _standard_normal(key, (num_samples // 2,) + tuple(scores.shape), cdtype)
+      return jnp.concatenate([half, -half], axis=0)
     return _standard_normal(key, (num_samples,) + tuple(scores.shape), cdtype)
   if not hasattr(noise, "shape"):
     noise = jnp.asarray(noise)

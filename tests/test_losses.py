@@ -226,6 +226,18 @@ def test_noised_topk_loss_explicit_noise(shape, k, epsilon, num_samples, margin_
   _check(loss_fn, ref_fn, logits, labels, use_jit, atol=ATOL * scale, grad_atol=1e-6 * scale)
 
 
+def test_noised_topk_loss_passes_antithetic_to_the_operator():
+  logits, labels = _inputs((6, 10), 31, uniform=True)
+  key = jax.random.key(4)
+  half = np.asarray(jax.random.normal(key, (2, 6, 10)), np.float32)
+  noise = np.concatenate([half, -half])
+  got = ntk.noised_topk_loss(logits, labels, k=2, epsilon=0.3, num_samples=4, key=key, antithetic=True)
+  want = ref.noised_topk_loss(logits, labels, 2, 0.3, noise)[0]
+  np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=ATOL)
+  with pytest.raises(ValueError, match=_names("num_samples")):
+    ntk.noised_topk_loss(logits, labels, k=2, epsilon=0.3, num_samples=5, key=key, antithetic=True)
+
+
 def test_noised_topk_loss_is_relu_of_the_mean():
   # Per-sample hinges of both signs: relu(mean) and mean(relu) differ by a wide margin here.
   num_classes, num_samples, k, epsilon = 6, 8, 1, 2.0

@@ -220,6 +220,49 @@ def test_key_small_epsilon_recovers_hard_value(epsilon):
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,k,num_samples", [((4, 10), 2, 4), ((2, 3, 100), 5, 6)])
+def test_antithetic_key_draws_pairs_and_matches_the_reference(shape, k, num_samples):
+  # With `antithetic`, the key's draws are Z = jax.random.normal(key, (B/2, ...)) followed by -Z; the value and the
+  # gradient are those of the reference with that noise.
+  scores = _scores(shape, 21)
+  key = jax.random.key(5)
+  half = np.asarray(jax.random.normal(key, (num_samples // 2,) + shape), np.float32)
+  noise = np.concatenate([half, -half])
+  fn = _value_and_vjp(lambda s: ntk.noised_kth_largest(s, k, epsilon=0.7, num_samples=num_samples, key=key,
+                                                       antithetic=True), True)
+  cot = np.ones(shape[:-1], np.float32)
+  value, grad = fn(jnp.asarray(scores), jnp.asarray(cot))
+  want_value, want_grad = ref.noised_kth_largest(scores, k, 0.7, noise)
+  np.testing.assert_allclose(np.asarray(value), want_value, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=RTOL, atol=ATOL)
+  # Explicit noise with `antithetic` is used as given.
+  explicit = ntk.noised_kth_largest(scores, k, epsilon=0.7, noise=jnp.asarray(noise), antithetic=True)
+  np.testing.assert_allclose(np.asarray(explicit), want_value, rtol=RTOL, atol=ATOL)
+
+
+def test_antithetic_pairs_cancel_the_noise_where_the_selection_is_linear():
+  # Gaps >> epsilon: every draw selects the hard k-th entry, so top_k(s + eps Z) = s_j + eps Z_j is linear in Z and
+  # each pair averages to exactly s_j: zero variance, where independent draws keep a spread of eps / sqrt(B).
+  scores = jnp.asarray(np.tile(np.arange(10, dtype=np.float32), (512, 1)))
+  plain = np.asarray(ntk.noised_kth_largest(scores, 3, epsilon=1e-3, num_samples=4, key=jax.random.key(0)))
+  anti = np.asarray(ntk.noised_kth_largest(scores, 3, epsilon=1e-3, num_samples=4, key=jax.random.key(0),
+                                           antithetic=True))
+  np.testing.assert_allclose(anti, 7.0, rtol=0, atol=1e-6)
+  assert 0.7 * 1e-3 / 2 < plain.std() < 1.3 * 1e-3 / 2
+
+
+def test_antithetic_estimate_is_unbiased_for_two_classes():
+  # E[max(s + eps Z)] in closed form; 512 rows of independent antithetic pairs average to it.
+  mu1, mu2, epsilon, rows = 0.3, -0.2, 1.0, 512
+  exact = ref.expected_max_of_two_gaussians(mu1, mu2, epsilon)
+  sigma = math.sqrt(ref.variance_max_of_two_gaussians(mu1, mu2, epsilon))
+  scores = jnp.tile(jnp.asarray([mu1, mu2], jnp.float32), (rows, 1))
+  est = np.asarray(ntk.noised_kth_largest(scores, 1, epsilon=epsilon, num_samples=8, key=jax.random.key(3),
+                                          antithetic=True), np.float64)
+  # Pairs are not independent, but the antithetic variance per row is at most the plain one, sigma^2 / B * 2.
+  assert abs(est.mean() - exact) < 4 * sigma * math.sqrt(2 / 8) / math.sqrt(rows)
+
+
 def test_two_class_closed_form_and_convergence_in_num_samples():
   # 256 identical rows get independent noise, so the spread of their estimates measures the Monte Carlo error.
   mu1, mu2, epsilon, rows = 0.3, -0.2, 1.0, 256
@@ -437,6 +480,9 @@ def _bad_topk_calls():
       ("selection", ValueError, lambda s: noised(s, 1, epsilon=1.0, num_samples=2, key=key, selection="heap")),
       ("k", ValueError, lambda s: ntk.kth_largest(s, 0)),
       ("k", ValueError, lambda s: ntk.kth_largest(s, 6)),
+      ("num_samples", ValueError, lambda s: noised(s, 1, epsilon=1.0, num_samples=3, key=key, antithetic=True)),
+      ("num_samples", ValueError, lambda s: noised(s, 1, epsilon=1.0, noise=jnp.zeros((3, 3, 5)), antithetic=True)),
+      ("antithetic", TypeError, lambda s: noised(s, 1, epsilon=1.0, num_samples=2, key=key, antithetic=1)),
   ]
 
 

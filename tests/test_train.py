@@ -64,7 +64,7 @@ LOSS_CASES = {
     "mm_ldam": dict(mm_delta_minus=0.6, mm_beta=1.5, scale=30.0, mm_reference_code_compat=True),
     "smooth_svm": dict(normalized_head=False, k=2, tau=0.5),
     "topk_hinge": dict(normalized_head=False, k=2),
-    "noised_balanced": dict(normalized_head=False, k=2, epsilon=1.0, num_samples=3),
+    "noised_balanced": dict(normalized_head=False, k=2, epsilon=1.0, num_samples=4, antithetic=True),
     "noised_imbalanced": dict(k=2, epsilon=0.01, num_samples=3, max_margin=0.2, scale=60.0),
     "logit_adjusted": dict(normalized_head=False, tau=1.0),
     "balanced_softmax": dict(normalized_head=False),
@@ -325,6 +325,8 @@ def test_every_preset_validates_and_names_its_command():
     (["--loss=logit_adjusted", "--logit_adjustment_tau=1"], "`logit_adjustment_tau` adds the offsets"),
     (["--posthoc_tau=-0.5"], "`posthoc_tau` must be >= 0"),
     (["--config=plantnet_ce"], "pass `pretrained_weights`"),
+    (["--antithetic", "--num_samples=5"], "`num_samples` must be even"),
+    (["--loss=ce", "--antithetic"], "`antithetic` is not used by `loss=ce`"),
 ])
 def test_bad_flags_fail_at_start(args, message):
   out = _cli(*args, timeout=120)
