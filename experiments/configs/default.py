@@ -2,7 +2,7 @@
 
 python -m experiments.train
 
-Long-tailed Fashion-MNIST (exp profile, imbalance ratio 100: 6000 images of class 0 down to 60 of class 9, real data
+Long-tailed Fashion-MNIST (exp profile, imbalance ratio 100: 5,500 images of class 0 down to 55 of class 9, real data
 from the Debian package dataset-fashion-mnist or TFDS), a small CNN with a cosine head, and the imbalanced noised
 top-K loss with K = 2 (several Fashion-MNIST classes look alike: T-shirt, shirt, pullover, coat). A balanced
 validation split taken from the unused training images selects the epoch; the balanced test set is evaluated once.
