@@ -6,18 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:-workdirs/tune_default}
-cores=$(nproc)
+source scripts/pinned_runs.sh
 mkdir -p "$root"
-i=0
 for eps in 0.01 0.1; do
   for lr in 0.05 0.1 0.2; do
-    dir="$root/lr${lr}_eps${eps}"
-    if [ ! -f "$dir/results.json" ]; then
-      taskset -c $((i % cores)) python -m experiments.train --learning_rate="$lr" --epsilon="$eps" \
-        --workdir="$dir" > "$dir.log" 2>&1 &
-    fi
-    i=$((i + 1))
-    if (( i % cores == 0 )); then wait; fi
+    pinned_run "$root/lr${lr}_eps${eps}" --learning_rate="$lr" --epsilon="$eps"
   done
 done
 wait

@@ -6,20 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${1:-workdirs/tune_fashion_mnist_lt}
-cores=$(nproc)
+source scripts/pinned_runs.sh
 mkdir -p "$root"
-i=0
 for epochs_decay in "6:4,5" "10:6,9"; do
   epochs=${epochs_decay%%:*}; decay=${epochs_decay##*:}
   for lr in 0.025 0.05 0.1 0.2; do
-    dir="$root/epochs${epochs}_lr${lr}"
-    if [ ! -f "$dir/results.json" ]; then
-      taskset -c $((i % cores)) python -m experiments.train --config=fmnist_exp100_ce --model_selection=val_macro_topk \
-        --eval_every_epochs=1 --epochs="$epochs" --lr_decay_epochs="$decay" \
-        --learning_rate="$lr" --workdir="$dir" > "$dir.log" 2>&1 &
-    fi
-    i=$((i + 1))
-    if (( i % cores == 0 )); then wait; fi
+    pinned_run "$root/epochs${epochs}_lr${lr}" --config=fmnist_exp100_ce --model_selection=val_macro_topk \
+      --eval_every_epochs=1 --epochs="$epochs" --lr_decay_epochs="$decay" --learning_rate="$lr"
   done
 done
 wait
