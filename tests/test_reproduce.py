@@ -17,6 +17,7 @@ from experiments import input_pipeline
 from experiments import reproduce
 from experiments import train_lib
 from experiments.configs import cifar_lt
+from experiments.configs import logit_adjustment
 from experiments.configs import fashion_mnist_lt
 from tests import fake_data
 
@@ -37,7 +38,8 @@ def test_grid_sizes_cover_the_seed_tables_and_every_loss():
   assert len(fashion) == 2 * (10 + 5 * 3) * 3
   for runs in (plant, mm, fashion):
     assert len({r.name for r in runs}) == len(runs)
-  assert {r.preset for r in mm} == {n for n in configs.PRESETS if n.startswith(("cifar10_lt", "cifar100_lt"))}
+  assert {r.preset for r in mm} == {n for n in configs.PRESETS if n.startswith(("cifar10_lt", "cifar100_lt"))
+                                    and n not in logit_adjustment.presets()}
   assert {r.preset for r in plant} == {n for n in configs.PRESETS if n.startswith("plantnet_")}
   # Every loss of the binaries, except balanced softmax: the same loss as logit_adjusted at tau 1 (its row).
   assert {r.config.loss for r in fashion} == set(config_lib.LOSSES) - {"balanced_softmax"}
@@ -126,6 +128,19 @@ def test_every_mm_table1_preset_runs_one_step(preset, fake_cifar, tmp_path):
                                      drw_start_epoch=0, warmup_epochs=0, lr_decay_epochs=()), str(tmp_path))
   assert results["train_class_counts"][0] == 100
   assert results["train_class_counts"][-1] == (1 if config.imbalance_ratio == 100 else 10)
+
+
+@pytest.mark.parametrize("preset", sorted(logit_adjustment.presets()))
+def test_every_logit_adjustment_preset_runs_one_step(preset, fake_cifar, tmp_path):
+  del fake_cifar
+  config = configs.get_preset(preset).config
+  results = _one_step(config.replace(epochs=1, max_steps_per_epoch=1, batch_size=4, eval_batch_size=50,
+                                     warmup_epochs=0, lr_decay_epochs=()), str(tmp_path))
+  assert results["train_class_counts"][-1] == 1
+  want = {"la_ce": (0.0, 0.0), "la_ce_posthoc": (0.0, 1.0), "la_loss": (1.0, 0.0)}[preset.split("exp100_")[1]]
+  assert (results["logit_adjustment"]["training_tau"], results["logit_adjustment"]["posthoc_tau"]) == want
+  assert (config.epochs, config.nesterov, config.weight_decay) == (
+      (1241 if preset.startswith("cifar10_") else 1419), True, 2e-4)
 
 
 @pytest.fixture(scope="module")
