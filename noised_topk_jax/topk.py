@@ -14,7 +14,8 @@ scores the lowest index ranks first, as in `jax.lax.top_k`:
   (see `_select_kth_tournament`). A handful of XLA operations whatever k (up to 12; beyond, two levels and passes).
 - "approx_max_k": `jax.lax.approx_max_k` with recall 1.0 (TPU's exact mode; an exact fallback elsewhere) for the
   k-th value, then the index of that value in the order above.
-- "auto": "tournament" on CPU and TPU, "top_k" on GPU and other backends (`jax.default_backend()`).
+- "auto": "tournament" on CPU, where it was measured faster (benchmarks/RESULTS.md); the standard `jax.lax.top_k`
+  on every other backend (`jax.default_backend()`), where no variant has been measured yet.
 """
 import functools
 import math
@@ -28,12 +29,12 @@ from noised_topk_jax import _checks
 
 SELECTIONS = ("auto", "top_k", "sort", "max_mask", "tournament", "approx_max_k")
 
-# What "auto" resolves to on each backend (`jax.default_backend()`); other backends get "top_k".
+# What "auto" resolves to on each backend (`jax.default_backend()`); every backend not listed gets the standard
+# "top_k". Only measured choices are listed:
 # - CPU: XLA:CPU's TopK and Sort are orders of magnitude slower than a few reductions (benchmarks/RESULTS.md).
-# - GPU: XLA:GPU has a fast TopK kernel for small k.
-# - TPU: "tournament" is exact and sort-free (reductions and small gathers). Not measured on a TPU; pass
-#   `selection="top_k"` or `"approx_max_k"` to compare there.
-_AUTO_SELECTION = {"cpu": "tournament", "gpu": "top_k", "cuda": "top_k", "rocm": "top_k", "tpu": "tournament"}
+# GPU and TPU have not been measured (no device so far): they get `lax.top_k`; pass `selection=` to compare
+# ("tournament" and "approx_max_k" are exact there too).
+_AUTO_SELECTION = {"cpu": "tournament"}
 
 
 def _resolve_selection(selection, k):
@@ -460,8 +461,9 @@ def _resolve_noise(scores, *, num_samples, key, noise, antithetic=False):
 # `jax.random.normal` on CPU runs the Threefry hash as a loop over whole arrays (rolled, which keeps compile times
 # short): several passes over memory. `_threefry_normal` computes the *same* numbers (same counters, same bits, same
 # float conversion) with the 20 rounds unrolled into element-wise operations that XLA compiles into one loop,
-# about 2x faster on CPU (benchmarks/RESULTS.md). Keys of other implementations (`rbg`, `unsafe_rbg`), other dtypes and
-# JAX's non-partitionable Threefry mode use `jax.random.normal` itself, so a key always gives exactly the draws
+# about 2x faster on CPU (benchmarks/RESULTS.md). It is used on the CPU backend only, where that was measured; other
+# backends, keys of other implementations (`rbg`, `unsafe_rbg`), other dtypes and JAX's non-partitionable Threefry
+# mode use `jax.random.normal` itself, so a key always gives exactly the draws
 # `jax.random.normal(key, (B, *scores.shape), compute dtype)`.
 
 _THREEFRY_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
@@ -550,8 +552,14 @@ def _threefry_key_data(key, shape, dtype):
     return None  # not a key jax.random accepts; jax.random.normal will say why
 
 
+# Backends on which the library's generator was measured faster than `jax.random.normal`.
+_FAST_GENERATOR_BACKENDS = ("cpu",)
+
+
 def _standard_normal(key, shape, dtype):
-  """`jax.random.normal(key, shape, dtype)`, by the library's generator where it applies."""
+  """`jax.random.normal(key, shape, dtype)`, by the library's generator where it applies and was measured faster."""
+  if jax.default_backend() not in _FAST_GENERATOR_BACKENDS:
+    return jax.random.normal(key, shape, dtype)
   key_data = _threefry_key_data(key, tuple(shape), dtype)
   if key_data is None:
     return jax.random.normal(key, shape, dtype)

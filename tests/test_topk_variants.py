@@ -40,8 +40,9 @@ def test_selections_list_every_variant():
   assert set(ntk.SELECTIONS) == {"auto", "top_k", "sort", "max_mask", "tournament", "approx_max_k"}
 
 
-@pytest.mark.parametrize("backend,want", [("cpu", "tournament"), ("gpu", "top_k"), ("tpu", "tournament"),
-                                          ("some_new_backend", "top_k")])
+# Only the measured backend (CPU) gets a non-standard variant; GPU and TPU get `lax.top_k` until measured.
+@pytest.mark.parametrize("backend,want", [("cpu", "tournament"), ("gpu", "top_k"), ("cuda", "top_k"),
+                                          ("tpu", "top_k"), ("some_new_backend", "top_k")])
 def test_auto_picks_per_backend_and_stays_overridable(monkeypatch, backend, want):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
   assert topk_lib._resolve_selection("auto", 6) == want
@@ -51,8 +52,20 @@ def test_auto_picks_per_backend_and_stays_overridable(monkeypatch, backend, want
 
 def test_auto_on_this_backend():
   backend = jax.default_backend()
-  want = {"cpu": "tournament", "gpu": "top_k", "tpu": "tournament"}.get(backend, "top_k")
+  want = {"cpu": "tournament"}.get(backend, "top_k")
   assert topk_lib._resolve_selection("auto", 3) == want
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu", "some_new_backend"])
+def test_unmeasured_backends_draw_with_jax_random_normal(monkeypatch, backend):
+  # The library's generator is used only where it was measured (CPU); elsewhere jax.random.normal itself, which gives
+  # the same numbers.
+  key, shape = jax.random.key(3), (4, 8, 10)
+  fast = np.asarray(topk_lib._standard_normal(key, shape, jnp.float32))
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  monkeypatch.setattr(topk_lib, "_threefry_normal", lambda *a: pytest.fail("the library generator was used"))
+  np.testing.assert_array_equal(np.asarray(topk_lib._standard_normal(key, shape, jnp.float32)), fast)
+  np.testing.assert_array_equal(fast, np.asarray(jax.random.normal(key, shape, jnp.float32)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
