@@ -103,9 +103,9 @@ class _FreshKeys:
     jax.block_until_ready(self.fn(*self.args, key))
 
 
-def _torch_fns(torch, device, logits, labels, margins, k, num_samples):
+def _torch_fns(torch, device, logits, labels, margins, k, num_samples, dtype="float32"):
   import torch_reference  # pylint: disable=import-outside-toplevel
-  t_logits = torch.tensor(logits, device=device, requires_grad=True)
+  t_logits = torch.tensor(logits, device=device, dtype=getattr(torch, dtype), requires_grad=True)
   t_labels = torch.tensor(labels, dtype=torch.int64, device=device)
   t_margins = torch.tensor(margins, device=device)
   sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -142,7 +142,7 @@ def _memory_row(logits, labels, margins, k, num_samples):
   return _memory(custom, *args), _memory(plain, *args), _memory(naive, *args)
 
 
-def run(shapes, *, repeats, variants, max_seconds):
+def run(shapes, *, repeats, variants, max_seconds, dtype="float32"):
   import torch  # pylint: disable=import-outside-toplevel
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   if device.type == "cpu":
@@ -153,14 +153,14 @@ def run(shapes, *, repeats, variants, max_seconds):
   rows, detail_rows, memory_rows = [], [], []
   for (n, num_classes, num_samples, k) in shapes:
     logits, labels, margins = _inputs(n, num_classes)
-    j_logits, j_labels, j_margins = jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(margins)
+    j_logits, j_labels, j_margins = jnp.asarray(logits, dtype), jnp.asarray(labels), jnp.asarray(margins)
     calls = repeats + 2
     fns = {
         "jax": _FreshKeys(_jax_loss_step(j_labels, j_margins, k, num_samples, "auto"), j_logits, calls=calls),
         "floor": _FreshKeys(_noise_step((num_samples, n, num_classes), "jax"), calls=calls),
         "own_generator": _FreshKeys(_noise_step((num_samples, n, num_classes), "own"), calls=calls),
     }
-    fns.update(_torch_fns(torch, device, logits, labels, margins, k, num_samples))
+    fns.update(_torch_fns(torch, device, logits, labels, margins, k, num_samples, dtype))
     main = common.interleaved_times(fns, repeats=repeats)
     slow = {f"sel_{s}": _FreshKeys(_jax_loss_step(j_labels, j_margins, k, num_samples, s), j_logits, calls=calls)
             for s in variants}
@@ -182,7 +182,9 @@ def run(shapes, *, repeats, variants, max_seconds):
           flush=True)
   load_after = common.load_average()
   auto = ntk_topk._resolve_selection("auto", 2)  # pylint: disable=protected-access
-  return _format(header, rows, detail_rows, memory_rows, variants, auto, repeats, load_before, load_after)
+  text = _format(header, rows, detail_rows, memory_rows, variants, auto, repeats, load_before, load_after)
+  return text if dtype == "float32" else text.replace(
+      "## Noised top-K loss: forward + backward", f"## Noised top-K loss: forward + backward, {dtype} scores", 1)
 
 
 def _mib(x):
@@ -230,14 +232,17 @@ def main():
   parser.add_argument("--max-seconds", type=float, default=5.0,
                       help="time budget per slow variant and shape (at least 3 calls each)")
   parser.add_argument("--variants", default=",".join(VARIANTS), help="selections timed in the detail table")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                      help="dtype of the scores on both sides (the noise follows it in PyTorch; JAX draws float32)")
   parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
   args = parser.parse_args()
   shapes = SHAPES if not args.shapes else tuple(tuple(int(x) for x in s.split(",")) for s in args.shapes)
   variants = tuple(v for v in args.variants.split(",") if v)
-  text = run(shapes, repeats=args.repeats, variants=variants, max_seconds=args.max_seconds)
+  text = run(shapes, repeats=args.repeats, variants=variants, max_seconds=args.max_seconds, dtype=args.dtype)
   print(text)
   if not args.no_write:
-    common.write_section(f"bench_noised_topk:{jax.default_backend()}", text)
+    suffix = "" if args.dtype == "float32" else f":{args.dtype}"
+    common.write_section(f"bench_noised_topk:{jax.default_backend()}{suffix}", text)
 
 
 if __name__ == "__main__":

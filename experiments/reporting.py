@@ -1,19 +1,31 @@
 """What a run shows a person: log lines, TensorBoard summaries, the results table and the per-class plot."""
 import math
 
+from absl import logging
 import numpy as np
 
 
 class SummaryWriter:
-  """TensorBoard scalars through `tf.summary` (TensorFlow is imported only when a writer is made)."""
+  """TensorBoard scalars through `tf.summary` (TensorFlow is imported only when a writer is made).
+
+  Without TensorFlow (a typical CUDA machine has none) the writer logs one warning and writes nothing: the run's
+  results.json, log and plot do not depend on it.
+  """
 
   def __init__(self, logdir):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    try:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    except ImportError:
+      logging.warning("TensorFlow is not installed: no TensorBoard summaries in %s (results.json is written).", logdir)
+      self._writer = None
+      return
     tf.config.set_visible_devices([], "GPU")
     self._tf = tf
     self._writer = tf.summary.create_file_writer(logdir)
 
   def _scalars(self, step, prefix, values):
+    if self._writer is None:
+      return
     with self._writer.as_default():
       for name, value in values.items():
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -23,14 +35,17 @@ class SummaryWriter:
     for split in ("train", "val", "test"):
       if split in record:
         self._scalars(epoch, split, record[split])
-    self._writer.flush()
+    if self._writer is not None:
+      self._writer.flush()
 
   def write_final(self, step, test_metrics):
     self._scalars(step, "final_test", test_metrics)
-    self._writer.flush()
+    if self._writer is not None:
+      self._writer.flush()
 
   def close(self):
-    self._writer.close()
+    if self._writer is not None:
+      self._writer.close()
 
 
 def format_record(record):
