@@ -12,6 +12,7 @@ def test_device_check_tiny_mode_runs_every_step(tmp_path):
   out = tmp_path / "check.md"
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the check runs on the machine's own devices, as on an accelerator
+  env["PYTHON"] = sys.executable  # the interpreter that has the packages (install.sh may have made a .venv)
   proc = subprocess.run(["bash", "scripts/device_check.sh", "--tiny", f"--output={out}"], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
