@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 from experiments import reporting
+from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -13,7 +14,11 @@ def test_device_check_tiny_mode_runs_every_step(tmp_path):
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the check runs on the machine's own devices, as on an accelerator
   env["PYTHON"] = sys.executable  # the interpreter that has the packages (install.sh may have made a .venv)
-  proc = subprocess.run(["bash", "scripts/device_check.sh", "--tiny", f"--output={out}"], cwd=REPO, env=env,
+  # Generated IDX files (700 per class: the default's 500-image validation split leaves 200 for the long tail).
+  data = tmp_path / "fashion"
+  fake_data.write_fashion_mnist_idx(str(data), train_per_class=700, test_per_class=10)
+  proc = subprocess.run(["bash", "scripts/device_check.sh", "--tiny", f"--output={out}", f"--data_dir={data}"],
+                        cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   report = out.read_text()
