@@ -11,6 +11,7 @@ Restarting an interrupted command resumes from its last checkpoint.
 import dataclasses
 import os
 import re
+import sys
 import typing
 
 from absl import app
@@ -24,6 +25,8 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_string("config", "default", "Preset name (`--config=list` prints them all).")
 flags.DEFINE_string("workdir", None, "Output directory. Default: workdirs/<preset>[_<overrides>].")
+flags.DEFINE_boolean("traceback", False, "On a configuration or missing-dataset error, show the Python traceback "
+                     "too (default: the message alone).")
 
 _HELP = {
     "dataset": f"One of {config_lib.DATASETS}.",
@@ -87,7 +90,7 @@ def _parse_tuple(name, values):
   try:
     return tuple(int(v) for v in values if v != "")
   except ValueError as e:
-    raise app.UsageError(f"--{name} must be a comma-separated list of integers, got {values}.") from e
+    raise ValueError(f"--{name} must be a comma-separated list of integers, got {values}.") from e
 
 
 def config_from_flags():
@@ -117,6 +120,14 @@ class _QuietLibraries:
     return record.levelno > 20 or "orbax" not in record.pathname
 
 
+def _fail(error, *, status):
+  """Prints `error`'s message alone (or re-raises it with --traceback) and exits with `status`."""
+  if FLAGS.traceback:
+    raise error
+  print(f"experiments.train: error: {error}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
@@ -127,7 +138,7 @@ def main(argv):
   try:
     config, overrides = config_from_flags()
   except ValueError as e:
-    raise app.UsageError(str(e)) from e
+    _fail(e, status=2)
   workdir = FLAGS.workdir or default_workdir(FLAGS.config, overrides)
   print(f"Preset {FLAGS.config}; workdir {os.path.abspath(workdir)}", flush=True)
   logging.set_verbosity(logging.INFO)
@@ -135,7 +146,13 @@ def main(argv):
   # Imported here so that `--help` and `--config=list` stay fast.
   from experiments import reporting  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
-  results = train_lib.train_and_evaluate(config, workdir)
+  from experiments import input_pipeline  # pylint: disable=g-import-not-at-top
+  try:
+    results = train_lib.train_and_evaluate(config, workdir)
+  except (ValueError, TypeError, input_pipeline.DatasetNotFoundError) as e:
+    # Bad values found when the run starts (k >= L, a missing dataset, missing pretrained weights, ...): their
+    # messages say what to change; a traceback would only bury them (--traceback shows it).
+    _fail(e, status=1)
   print(f"\n{results['dataset']}, loss {results['loss']}, train rule {results['train_rule']}: test accuracies "
         f"({results['model_selection']}); trained in {results['train_seconds']:.0f} s\n")
   print(reporting.results_table(results, config.eval_ks))

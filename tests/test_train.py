@@ -332,6 +332,17 @@ def test_bad_flags_fail_at_start(args, message):
   out = _cli(*args, timeout=120)
   assert out.returncode != 0
   assert message in out.stderr + out.stdout
+  # The one message that matters, not a traceback or the whole flag listing.
+  assert "Traceback" not in out.stderr and "--weight_decay" not in out.stderr + out.stdout
+
+
+def test_missing_dataset_prints_one_message(tmp_path):
+  out = _cli("--dataset=cifar10_lt", f"--data_dir={tmp_path / 'nonexistent'}", "--loss=ce", "--normalized_head=false",
+             "--model=resnet32", timeout=300)
+  assert out.returncode == 1
+  assert "Traceback" not in out.stderr
+  error = [line for line in out.stderr.splitlines() if line.startswith("experiments.train: error:")]
+  assert len(error) == 1 and "Dataset 'cifar10_lt' not found" in error[0] and "How to get it" in error[0]
 
 
 def test_config_list_prints_every_preset():
