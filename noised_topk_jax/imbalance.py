@@ -2,6 +2,7 @@
 
 These functions run once on the host: NumPy in, NumPy out (float64 margins and weights, int64 counts).
 """
+from jax.typing import ArrayLike
 import numpy as np
 
 from noised_topk_jax import _checks
@@ -9,7 +10,7 @@ from noised_topk_jax import _checks
 PROFILES = ("exp", "step")
 
 
-def class_margins(class_counts, *, max_margin, power=0.25):
+def class_margins(class_counts: ArrayLike, *, max_margin: float, power: float = 0.25) -> np.ndarray:
   r"""Per-class margins proportional to `n_y^{-power}`, the rarest class getting exactly `max_margin`.
 
   .. math::
@@ -42,7 +43,7 @@ def class_margins(class_counts, *, max_margin, power=0.25):
   return m * (max_margin / np.max(m))
 
 
-def logit_adjustment(class_counts, *, tau=1.0):
+def logit_adjustment(class_counts: ArrayLike, *, tau: float = 1.0) -> np.ndarray:
   r"""Logit-adjustment offsets: `tau` times the log of the training class prior.
 
   .. math::
@@ -77,7 +78,7 @@ def _log_prior_offsets(class_counts, *, tau):
   return tau * np.log(counts / counts.sum())
 
 
-def class_balanced_weights(class_counts, *, beta):
+def class_balanced_weights(class_counts: ArrayLike, *, beta: float) -> np.ndarray:
   r"""Class-balanced weights from the effective number of samples, normalized to sum to L.
 
   .. math::
@@ -110,7 +111,7 @@ def class_balanced_weights(class_counts, *, beta):
   return w * (counts.size / np.sum(w))
 
 
-def drw_class_weights(class_counts, *, epoch, start_epoch, beta=0.9999):
+def drw_class_weights(class_counts: ArrayLike, *, epoch: int, start_epoch: int, beta: float = 0.9999) -> np.ndarray:
   """Deferred re-weighting: ones before `start_epoch`, class-balanced weights from it on.
 
   Args:
@@ -139,7 +140,8 @@ def drw_class_weights(class_counts, *, epoch, start_epoch, beta=0.9999):
   return class_balanced_weights(counts, beta=beta)
 
 
-def long_tailed_counts(num_classes, *, max_count, imbalance_ratio, profile="exp"):
+def long_tailed_counts(num_classes: int, *, max_count: int, imbalance_ratio: float, profile: str = "exp"
+                       ) -> np.ndarray:
   r"""Per-class counts of a long-tailed subset, exactly as in the LDAM-DRW protocol.
 
   `"exp"`: `n_c = int(max_count * (1 / rho) ** (c / (L - 1)))`; `"step"`: the first `L // 2` classes keep

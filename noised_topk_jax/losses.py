@@ -7,9 +7,12 @@ weights). Half-precision inputs are computed in float32 internally.
 Labels are not range-checked: under `jit` a label outside `[0, L)` cannot raise, and JAX's gather clamps it to a
 valid class silently. Check labels on the host before feeding them (the training binaries do).
 """
+from typing import Optional
+
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 from noised_topk_jax import _checks
 from noised_topk_jax import imbalance as _imbalance
@@ -42,7 +45,7 @@ def _ce(x, labels):
   return jax.nn.logsumexp(x, axis=-1) - _label_value(x, labels)
 
 
-def cross_entropy_loss(logits, labels):
+def cross_entropy_loss(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
   r"""Softmax cross-entropy with integer labels.
 
   .. math::
@@ -74,7 +77,7 @@ def _safe_pow(base, exponent):
   return jnp.where(positive, safe**exponent, 0.0 if exponent > 0 else 1.0)
 
 
-def focal_loss(logits, labels, *, gamma):
+def focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float) -> jax.Array:
   r"""Softmax focal loss.
 
   .. math::
@@ -111,7 +114,7 @@ def focal_loss(logits, labels, *, gamma):
   return (_safe_pow(one_minus_p, g) * ce).astype(dtype)
 
 
-def ldam_loss(logits, labels, *, margins, scale):
+def ldam_loss(logits: ArrayLike, labels: ArrayLike, *, margins: ArrayLike, scale: ArrayLike) -> jax.Array:
   r"""Label-distribution-aware margin (LDAM) loss.
 
   .. math::
@@ -147,7 +150,8 @@ def ldam_loss(logits, labels, *, margins, scale):
   return _ce(scale * shifted, labels).astype(dtype)
 
 
-def logit_adjusted_loss(logits, labels, *, class_counts, tau=1.0):
+def logit_adjusted_loss(logits: ArrayLike, labels: ArrayLike, *, class_counts: ArrayLike, tau: float = 1.0
+                        ) -> jax.Array:
   r"""Logit-adjusted softmax cross-entropy: cross-entropy of the logits plus `tau` times the log class prior.
 
   .. math::
@@ -181,7 +185,7 @@ def logit_adjusted_loss(logits, labels, *, class_counts, tau=1.0):
   return _ce(x + jnp.asarray(offsets, x.dtype), labels).astype(dtype)
 
 
-def balanced_softmax_loss(logits, labels, *, class_counts):
+def balanced_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, class_counts: ArrayLike) -> jax.Array:
   r"""Balanced softmax: `logit_adjusted_loss` at `tau = 1`.
 
   .. math::
@@ -218,7 +222,8 @@ def _check_k_plus_one(k, num_classes):
                            maximum_doc=f"L - 1 = {num_classes - 1} (the loss selects the (k+1)-th largest of L scores)")
 
 
-def topk_hinge_loss(logits, labels, *, k, margins=1.0, selection="auto"):
+def topk_hinge_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, margins: ArrayLike = 1.0, selection: str = "auto"
+                    ) -> jax.Array:
   r"""Top-K calibrated hinge loss (hard, non-smooth).
 
   .. math::
@@ -251,8 +256,9 @@ def topk_hinge_loss(logits, labels, *, k, margins=1.0, selection="auto"):
   return jax.nn.relu(m_y + top - _label_value(x, labels)).astype(dtype)
 
 
-def noised_topk_loss(logits, labels, *, k, epsilon, num_samples=None, margins=1.0, scale=1.0, key=None, noise=None,
-                     selection="auto", antithetic=False):
+def noised_topk_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, epsilon: ArrayLike, num_samples: Optional[int] = None,
+                     margins: ArrayLike = 1.0, scale: ArrayLike = 1.0, key: Optional[jax.Array] = None,
+                     noise: Optional[ArrayLike] = None, selection: str = "auto", antithetic: bool = False) -> jax.Array:
   r"""Noised top-K calibrated hinge loss, balanced or imbalanced.
 
   .. math::
@@ -344,7 +350,7 @@ def _log_elementary_symmetric(x, k, log_zero):
   return coeffs[..., 0, :]
 
 
-def smooth_topk_svm_loss(logits, labels, *, k, tau, alpha=1.0):
+def smooth_topk_svm_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, tau: float, alpha: float = 1.0) -> jax.Array:
   r"""Smooth top-k multiclass SVM loss (Berrada et al.).
 
   .. math::
@@ -407,7 +413,8 @@ def smooth_topk_svm_loss(logits, labels, *, k, tau, alpha=1.0):
   return jnp.where(use_hard, hard, smooth).astype(dtype)
 
 
-def max_margin_loss(logits, labels, *, delta_minus, beta, scale, ldam_margins=None, reference_code_compat=False):
+def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float, beta: float, scale: ArrayLike,
+                    ldam_margins: Optional[ArrayLike] = None, reference_code_compat: bool = False) -> jax.Array:
   r"""Maximum-Margin (MM) loss, optionally combined with LDAM margins (MM-LDAM).
 
   .. math::
@@ -476,7 +483,7 @@ def max_margin_loss(logits, labels, *, delta_minus, beta, scale, ldam_margins=No
   return _ce(scale * (x - delta[..., None] * onehot), labels).astype(dtype)
 
 
-def weighted_mean(losses, weights):
+def weighted_mean(losses: ArrayLike, weights: ArrayLike) -> jax.Array:
   r"""Weighted mean of per-example losses, PyTorch's weighted cross-entropy reduction.
 
   .. math::

@@ -7,7 +7,11 @@ thus broken deterministically and never in the model's favour as a whole (consta
 The streaming form, `per_class_topk_counts`, returns per-class (correct, total) counts that can be summed over
 batches and devices (`lax.psum`) before `accuracies_from_counts` turns them into accuracies.
 """
+from typing import Optional, Tuple
+
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from noised_topk_jax import _checks
 
@@ -27,7 +31,7 @@ def _check(logits, labels, k):
   return logits, labels, k
 
 
-def topk_correct(logits, labels, *, k):
+def topk_correct(logits: ArrayLike, labels: ArrayLike, *, k: int) -> jax.Array:
   """Per-example top-k correctness (bool, shape `labels.shape`).
 
   Args:
@@ -47,7 +51,7 @@ def topk_correct(logits, labels, *, k):
   return _rank_of_label(logits, labels) < k
 
 
-def topk_accuracy(logits, labels, *, k):
+def topk_accuracy(logits: ArrayLike, labels: ArrayLike, *, k: int) -> jax.Array:
   """Top-k accuracy: the fraction of examples whose label is among the k highest scores.
 
   Args:
@@ -66,7 +70,8 @@ def topk_accuracy(logits, labels, *, k):
   return jnp.mean(topk_correct(logits, labels, k=k).astype(jnp.float32))
 
 
-def per_class_topk_counts(logits, labels, *, k, num_classes, weights=None):
+def per_class_topk_counts(logits: ArrayLike, labels: ArrayLike, *, k: int, num_classes: int,
+                          weights: Optional[ArrayLike] = None) -> Tuple[jax.Array, jax.Array]:
   """Streaming top-k statistics: per-class numbers of correct and of all examples.
 
   Sum the results over batches (and devices) and pass them to `accuracies_from_counts`.
@@ -102,7 +107,7 @@ def per_class_topk_counts(logits, labels, *, k, num_classes, weights=None):
   return correct, total
 
 
-def accuracies_from_counts(correct, total):
+def accuracies_from_counts(correct: ArrayLike, total: ArrayLike) -> Tuple[jax.Array, jax.Array, jax.Array]:
   """Accuracies from summed streaming counts.
 
   Args:
@@ -130,7 +135,7 @@ def accuracies_from_counts(correct, total):
   return accuracy, macro, per_class
 
 
-def per_class_topk_accuracy(logits, labels, *, k, num_classes):
+def per_class_topk_accuracy(logits: ArrayLike, labels: ArrayLike, *, k: int, num_classes: int) -> jax.Array:
   """Per-class top-k accuracy (recall), NaN for a class absent from `labels`.
 
   Args:
@@ -150,7 +155,7 @@ def per_class_topk_accuracy(logits, labels, *, k, num_classes):
   return accuracies_from_counts(*per_class_topk_counts(logits, labels, k=k, num_classes=num_classes))[2]
 
 
-def macro_topk_accuracy(logits, labels, *, k, num_classes):
+def macro_topk_accuracy(logits: ArrayLike, labels: ArrayLike, *, k: int, num_classes: int) -> jax.Array:
   """Macro-average top-k accuracy: the mean of the per-class accuracies over the classes present in `labels`.
 
   Args:

@@ -19,10 +19,12 @@ scores the lowest index ranks first, as in `jax.lax.top_k`:
 """
 import functools
 import math
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 import numpy as np
 
 from noised_topk_jax import _checks
@@ -265,7 +267,7 @@ def _take_last(x, idx):
   return jnp.take_along_axis(x, idx[..., None], axis=-1)[..., 0]
 
 
-def kth_largest(scores, k, *, selection="auto"):
+def kth_largest(scores: ArrayLike, k: int, *, selection: str = "auto") -> jax.Array:
   r"""The hard k-th largest score along the last axis.
 
   .. math::
@@ -361,8 +363,9 @@ _noised_kth.defvjp(_noised_kth_fwd, _noised_kth_bwd)
 _noised_kth_jit = jax.jit(_noised_kth, static_argnums=(3, 4))
 
 
-def noised_kth_largest(scores, k, *, epsilon, num_samples=None, key=None, noise=None, selection="auto",
-                       antithetic=False):
+def noised_kth_largest(scores: ArrayLike, k: int, *, epsilon: ArrayLike, num_samples: Optional[int] = None,
+                       key: Optional[jax.Array] = None, noise: Optional[ArrayLike] = None, selection: str = "auto",
+                       antithetic: bool = False) -> jax.Array:
   r"""Gaussian-smoothed k-th largest score, estimated by Monte Carlo.
 
   .. math::
