@@ -142,11 +142,25 @@ def docstring_to_markdown(doc):
   return _strip_blank_edges(collapsed)
 
 
+def _short_annotations():
+  """(long form, short form) of the annotations the library uses, longest first: `ArrayLike` is a long Union."""
+  import typing  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  array_like = jax.typing.ArrayLike
+  pairs = [(typing.Optional[array_like], "Optional[ArrayLike]"), (array_like, "ArrayLike"),
+           (typing.Optional[jax.Array], "Optional[jax.Array]"), (jax.Array, "jax.Array"), (np.ndarray, "np.ndarray")]
+  return [(inspect.formatannotation(a), short) for a, short in pairs]
+
+
 def _signature(name, obj):
   try:
-    return f"{name}{inspect.signature(obj)}"
+    text = f"{name}{inspect.signature(obj)}"
   except (TypeError, ValueError):
     return name
+  for long, short in _short_annotations():
+    text = text.replace(long, short)
+  return text
 
 
 def _users_of(name, functions):
