@@ -61,11 +61,8 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
   if name == "ce":
     return lambda logits, labels, key: ntk.cross_entropy_loss(logits, labels)
   if name == "focal":
-    def focal(logits, labels, key, weights=None):
-      if weights is None:
-        return ntk.focal_loss(logits, labels, gamma=config.gamma)
-      return class_weighted_focal_loss(logits, labels, weights, gamma=config.gamma)
-    return focal
+    return lambda logits, labels, key, weights=None: ntk.focal_loss(logits, labels, gamma=config.gamma,
+                                                                     weights=weights)
   if name == "ldam":
     margins = ntk.class_margins(class_counts, max_margin=config.max_margin)
     return lambda logits, labels, key: ntk.ldam_loss(logits, labels, margins=margins, scale=config.scale)
@@ -137,21 +134,9 @@ def make_optimizer(config: config_lib.Config, steps_per_epoch: int):
 # Steps.
 
 
-def class_weighted_focal_loss(logits, labels, weights, *, gamma):
-  """Focal loss with the class weight inside the focusing factor: `(1 - exp(-c))^gamma * c`, `c = w_y * CE`.
-
-  LDAM-DRW's focal loss (`losses.py`: the weighted per-example cross-entropy goes through the focal factor, then a
-  plain mean over the batch); with all weights 1 it is `ntk.focal_loss`.
-  """
-  c = weights * ntk.cross_entropy_loss(logits, labels)
-  one_minus_p = jnp.maximum(-jnp.expm1(-c), 0.0)
-  positive = one_minus_p > 0
-  factor = jnp.where(positive, jnp.where(positive, one_minus_p, 1.0)**gamma, 0.0 if gamma > 0 else 1.0)
-  return factor * c
-
-
 def weights_inside_loss(config: config_lib.Config) -> bool:
-  """Whether the class weights enter the loss itself (focal, as LDAM-DRW's CB-Focal) instead of the reduction."""
+  """Whether the class weights enter the loss itself (focal: `ntk.focal_loss(weights=...)`, as LDAM-DRW's CB-Focal)
+  instead of the reduction."""
   return config.loss == "focal"
 
 
@@ -286,6 +271,20 @@ def create_train_state(config, dataset, steps_per_epoch):
   return state, schedule
 
 
+def _logit_adjustment_record(config):
+  """What results.json says about logit adjustment: the tau used in training and the logits evaluated."""
+  if config.loss == "logit_adjusted":
+    training_tau = config_lib.loss_tau(config)
+  elif config.loss == "balanced_softmax":
+    training_tau = 1.0
+  else:
+    training_tau = config.logit_adjustment_tau
+  evaluated = "logits"
+  if config.posthoc_tau:
+    evaluated = "logits - posthoc_tau * log(prior)" + (" / scale" if config_lib.logit_scale(config) != 1 else "")
+  return {"training_tau": training_tau, "posthoc_tau": config.posthoc_tau, "evaluated_logits": evaluated}
+
+
 def resolve_model_selection(config, dataset):
   if config.model_selection != "auto":
     if config.model_selection == "val_macro_topk" and not dataset.has_validation:
@@ -418,11 +417,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "train_rule": config.train_rule,
       "config": config.to_dict(),
       "model_selection": reporting.describe_selection(selection, sel_k, meta["best"]),
-      "logit_adjustment": {"training_tau": config.logit_adjustment_tau or (
-          config_lib.loss_tau(config) if config.loss == "logit_adjusted" else
-          1.0 if config.loss == "balanced_softmax" else 0.0), "posthoc_tau": config.posthoc_tau,
-          "evaluated_logits": "logits - posthoc_tau * log(prior)" + (" / scale" if config_lib.logit_scale(config) != 1
-                                                                   else "") if config.posthoc_tau else "logits"},
+      "logit_adjustment": _logit_adjustment_record(config),
       "best_epoch": None if meta["best"] is None else meta["best"]["epoch"] + 1,
       "test": test_metrics,
       "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,

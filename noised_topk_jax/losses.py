@@ -77,19 +77,23 @@ def _safe_pow(base, exponent):
   return jnp.where(positive, safe**exponent, 0.0 if exponent > 0 else 1.0)
 
 
-def focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float) -> jax.Array:
+def focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float, weights: Optional[ArrayLike] = None
+               ) -> jax.Array:
   r"""Softmax focal loss.
 
   .. math::
-    \ell(s, y) = (1 - p_y)^\gamma \, \mathrm{CE}(s, y), \qquad p_y = e^{-\mathrm{CE}(s, y)}
+    \ell(s, y) = (1 - e^{-c})^\gamma \, c, \qquad c = w \, \mathrm{CE}(s, y)
 
-  `1 - p_y` is clamped at 0, so a fractional `gamma` never gives NaN when rounding makes the cross-entropy slightly
-  negative.
+  with `w = 1` unless per-example `weights` are given: then the weight scales the cross-entropy inside the focusing
+  factor, as in LDAM-DRW's class-balanced focal loss (pass `class_weights[labels]` and reduce with a plain mean).
+  `1 - e^{-c}` is clamped at 0, so a fractional `gamma` never gives NaN when rounding makes the cross-entropy
+  slightly negative.
 
   Args:
     logits: floating array `[..., L]`.
     labels: integer array `[...]`.
     gamma: focusing parameter, a Python float >= 0 (`gamma = 0` is cross-entropy).
+    weights: optional per-example weights, shape `labels.shape`.
 
   Returns:
     The per-example loss, shape `labels.shape`.
@@ -110,6 +114,10 @@ def focal_loss(logits: ArrayLike, labels: ArrayLike, *, gamma: float) -> jax.Arr
   if g < 0:
     raise ValueError(f"`gamma` must be >= 0, got {g}.")
   ce = _ce(x, labels)
+  if weights is not None:
+    if jnp.shape(weights) != labels.shape:
+      raise ValueError(f"`weights` must have the labels' shape {labels.shape}, got {jnp.shape(weights)}.")
+    ce = jnp.asarray(weights, x.dtype) * ce
   one_minus_p = jnp.maximum(-jnp.expm1(-ce), 0.0)
   return (_safe_pow(one_minus_p, g) * ce).astype(dtype)
 

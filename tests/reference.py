@@ -144,21 +144,28 @@ def cross_entropy(logits, labels):
   return loss.reshape(batch_shape), grad.reshape(batch_shape + (num_classes,))
 
 
-def _focal_row(row, y, gamma):
-  ce = logsumexp(row) - row[y]
-  return max(1.0 - math.exp(-ce), 0.0)**gamma * ce
+def _focal_row(row, y, gamma, weight=1.0):
+  c = weight * (logsumexp(row) - row[y])
+  return max(1.0 - math.exp(-c), 0.0)**gamma * c
 
 
-def focal_loss_value(logits, labels, gamma):
+def focal_loss_value(logits, labels, gamma, weights=None):
   flat, labels_flat, batch_shape = _rows(logits, labels)
-  return np.array([_focal_row(row, y, gamma) for row, y in zip(flat, labels_flat)]).reshape(batch_shape)
+  w = np.ones(len(flat)) if weights is None else _f64(weights).reshape(-1)
+  return np.array([_focal_row(row, y, gamma, wi) for row, y, wi in zip(flat, labels_flat, w)]).reshape(batch_shape)
 
 
-def focal_loss(logits, labels, gamma):
-  """Value, and the gradient by row-wise central finite differences on the float64 value."""
-  value = focal_loss_value(logits, labels, gamma)
-  grad = rowwise_finite_difference_grad(lambda r, y: _focal_row(r, y, gamma), logits, labels)
-  return value, grad
+def focal_loss(logits, labels, gamma, weights=None):
+  """Value, and the gradient by row-wise central finite differences on the float64 value. `weights` (one per
+  example) scale the cross-entropy inside the focusing factor (LDAM-DRW's class-balanced focal loss)."""
+  value = focal_loss_value(logits, labels, gamma, weights)
+  if weights is None:
+    return value, rowwise_finite_difference_grad(lambda r, y: _focal_row(r, y, gamma), logits, labels)
+  flat, labels_flat, batch_shape = _rows(logits, labels)
+  grad = np.concatenate([
+      rowwise_finite_difference_grad(lambda r, y, w=w: _focal_row(r, y, gamma, w), flat[i:i + 1], labels_flat[i:i + 1])
+      for i, w in enumerate(_f64(weights).reshape(-1))])
+  return value, grad.reshape(batch_shape + (flat.shape[-1],))
 
 
 def ldam_loss(logits, labels, margins, scale):

@@ -105,6 +105,18 @@ def test_focal_loss(shape, gamma, use_jit):
          use_jit, grad_rtol=FD_RTOL, grad_atol=FD_ATOL)
 
 
+@pytest.mark.parametrize("shape,gamma,use_jit", _with_modes([((6, 10), 2.0), ((2, 3, 10), 0.5), ((8, 5), 1.0)]))
+def test_focal_loss_with_weights(shape, gamma, use_jit):
+  # Class-balanced focal (LDAM-DRW): the weight scales the cross-entropy inside the focusing factor.
+  logits, labels = _inputs(shape, 12, scale=2.0)
+  weights = np.random.default_rng(13).uniform(0.2, 3.0, size=shape[:-1]).astype(np.float32)
+  _check(lambda s, y: ntk.focal_loss(s, y, gamma=gamma, weights=jnp.asarray(weights)),
+         lambda s, y: ref.focal_loss(s, y, gamma, weights), logits, labels, use_jit, grad_rtol=FD_RTOL,
+         grad_atol=FD_ATOL)
+  chex.assert_trees_all_close(ntk.focal_loss(logits, labels, gamma=gamma, weights=jnp.ones(shape[:-1])),
+                              ntk.focal_loss(logits, labels, gamma=gamma), rtol=1e-6, atol=1e-6)
+
+
 def test_focal_gamma_zero_is_cross_entropy():
   logits, labels = _inputs((5, 10), 3)
   chex.assert_trees_all_close(ntk.focal_loss(logits, labels, gamma=0.0), ntk.cross_entropy_loss(logits, labels),
@@ -732,6 +744,7 @@ def _bad_loss_calls():
       ("labels", ValueError, lambda s: ntk.max_margin_loss(s, jnp.zeros((5,), jnp.int32), delta_minus=0.5, beta=1.0,
                                                            scale=1.0)),
       ("gamma", ValueError, lambda s: ntk.focal_loss(s, y, gamma=-0.5)),
+      ("weights", ValueError, lambda s: ntk.focal_loss(s, y, gamma=2.0, weights=jnp.ones(4))),
       ("margins", ValueError, lambda s: ntk.ldam_loss(s, y, margins=jnp.zeros(4), scale=1.0)),
       ("k", ValueError, lambda s: ntk.topk_hinge_loss(s, y, k=0)),
       ("k", ValueError, lambda s: ntk.topk_hinge_loss(s, y, k=5)),

@@ -224,19 +224,20 @@ def test_posthoc_adjustment_changes_only_the_evaluated_logits(fashion_dir, tmp_p
   np.testing.assert_allclose(adjusted["test"]["top1_accuracy"], correct / total, atol=1e-6)
 
 
-def test_class_weighted_focal_puts_the_weight_inside_the_factor():
+def test_focal_loss_fn_puts_the_class_weight_inside_the_factor():
+  # The binaries' focal loss with class weights is LDAM-DRW's CB-Focal: weighted CE inside the focusing factor.
   rng = np.random.default_rng(1)
   logits = rng.standard_normal((8, 5)).astype(np.float32)
   labels = rng.integers(0, 5, 8)
   weights = rng.uniform(0.2, 3.0, 8).astype(np.float32)
-  got = train_lib.class_weighted_focal_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(weights), gamma=2.0)
+  cfg = config_lib.Config(loss="focal", gamma=2.0)
+  got = train_lib.make_loss_fn(cfg, np.array([50, 20, 9, 4, 2]))(jnp.asarray(logits), jnp.asarray(labels), None,
+                                                                weights=jnp.asarray(weights))
   x = logits.astype(np.float64)
   ce = np.log(np.exp(x).sum(-1)) - x[np.arange(8), labels]
   c = weights * ce
   np.testing.assert_allclose(got, (1 - np.exp(-c))**2 * c, rtol=1e-5)
-  ones = train_lib.class_weighted_focal_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.ones(8), gamma=2.0)
-  np.testing.assert_allclose(ones, ntk.focal_loss(jnp.asarray(logits), jnp.asarray(labels), gamma=2.0), rtol=1e-6)
-  assert train_lib.weights_inside_loss(config_lib.Config(loss="focal"))
+  assert train_lib.weights_inside_loss(cfg)
   assert not train_lib.weights_inside_loss(config_lib.Config(loss="ce"))
 
 
