@@ -2,8 +2,10 @@
 
 The train step is a pure function of `(state, batch, rng)` (plus the current class weights), `jax.pmap`-ed over the
 local devices: gradients are summed with `lax.psum` over the global batch, batch-norm statistics are synchronized
-with `lax.pmean` inside the model, and each device draws its own loss noise (the key folds in the step and the
-device index). A single CPU device is the degenerate case of the same code.
+with `lax.pmean` inside the model, and the loss noise of each example is drawn from a key that folds in the step and
+the example's position in the global batch (`example_keys`), not the device. 1 device, n devices and several hosts
+therefore train the same model, up to the floating-point order of the reductions (tested for one step and one
+epoch, with and without noise, in tests/test_train.py). A single CPU device is the degenerate case of the same code.
 """
 import functools
 import json
@@ -46,7 +48,8 @@ def logit_offsets(config: config_lib.Config, class_counts: np.ndarray, tau: floa
 
 
 def make_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callable:
-  """Returns `loss_fn(logits, labels, key) -> per-example losses` for `config.loss`, with the logit-adjustment
+  """Returns `loss_fn(logits, labels, keys) -> per-example losses` for `config.loss` (`keys`: one typed key per
+  example, see `example_keys`; only the noised losses use them), with the logit-adjustment
   offsets of `config.logit_adjustment_tau` added to the logits first when it is > 0. When
   `weights_inside_loss(config)` (focal), it also takes the per-example class weights, `weights=`."""
   loss_fn = _base_loss_fn(config, class_counts)
@@ -140,16 +143,26 @@ def weights_inside_loss(config: config_lib.Config) -> bool:
   return config.loss == "focal"
 
 
+def example_keys(rng, step, num_local_examples):
+  """One key per example of the device's shard: `fold_in(fold_in(rng, step), global position)`, where the global
+  position of the shard's `i`-th example is `axis_index * num_local_examples + i`, its row in the global batch
+  (shards are consecutive blocks of it, across hosts too). Call under `pmap(axis_name=AXIS)`."""
+  step_key = jax.random.fold_in(rng, step)
+  positions = lax.axis_index(AXIS) * num_local_examples + jnp.arange(num_local_examples)
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, positions)
+
+
 def train_step(state: TrainState, batch, rng, class_weights, *, loss_fn, schedule, weights_inside=False):
   """One SGD step on the device's shard of the global batch; call under `pmap(axis_name=AXIS)`.
 
   The loss is the class-weighted mean over the *global* batch, `sum_i w_{y_i} l_i / sum_i w_{y_i}` (PyTorch's
-  weighted cross-entropy reduction), so 1 and n devices give the same update. With `weights_inside` (focal) the
-  weights are applied inside the loss instead, `loss_fn(..., weights=w)`, and the reduction is the plain mean over
-  the global batch (LDAM-DRW's CB-Focal).
+  weighted cross-entropy reduction), and each example's loss noise comes from its own key (`example_keys`), so 1
+  and n devices give the same update up to reduction order, for the noised losses too. With `weights_inside`
+  (focal) the weights are applied inside the loss instead, `loss_fn(..., weights=w)`, and the reduction is the
+  plain mean over the global batch (LDAM-DRW's CB-Focal).
   """
-  step_key = jax.random.fold_in(jax.random.fold_in(rng, state.step), lax.axis_index(AXIS))
   labels = batch["label"]
+  step_key = example_keys(rng, state.step, labels.shape[0])
   weights = class_weights[labels]
   denominator = lax.psum(jnp.float32(labels.shape[0]) if weights_inside else jnp.sum(weights), AXIS)
 
@@ -302,7 +315,7 @@ def _check_against_dataset(config, dataset, loss_fn, num_devices):
     raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices ({num_devices}).")
   # Trace the loss once on abstract inputs: a bad hyperparameter (k >= L, ...) fails now, not after data loading.
   jax.eval_shape(loss_fn, jax.ShapeDtypeStruct((2, num_classes), jnp.float32),
-                 jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.key(0))
+                 jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.split(jax.random.key(0), 2))
 
 
 def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:

@@ -287,7 +287,8 @@ def noised_topk_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, epsilon: A
     num_samples: the number of draws B (Python int >= 1), required with `key`.
     margins: scalar margin or per-class margins `[L]`.
     scale: multiplies the whole hinge.
-    key: `jax.random` key; exactly one of `key` and `noise`.
+    key: `jax.random` key, or one typed key per example (shape `labels.shape`, see `noised_kth_largest`); exactly
+      one of `key` and `noise`.
     noise: explicit standard-normal draws `[B, *logits.shape]`.
     selection: selection algorithm (see `noised_kth_largest`).
     antithetic: draw the B samples as B/2 pairs `Z, -Z` (B even; see `noised_kth_largest`): lower variance at small

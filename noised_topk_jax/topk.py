@@ -385,10 +385,13 @@ def noised_kth_largest(scores: ArrayLike, k: int, *, epsilon: ArrayLike, num_sam
     num_samples: number of Monte Carlo draws B (a Python int >= 1). Required with `key`; optional with `noise`,
       where it must equal `noise.shape[0]`.
     key: a `jax.random` key; `num_samples` standard normals per score are drawn with it, exactly
-      `jax.random.normal(key, (num_samples, *scores.shape))` in the compute dtype. Threefry keys (JAX's default) use
-      the library's own, faster implementation of the same draws; other implementations (e.g.
-      `jax.random.key(seed, impl="rbg")`) go through `jax.random.normal`. Exactly one of `key` and `noise` must be
-      given.
+      `jax.random.normal(key, (num_samples, *scores.shape))` in the compute dtype. On CPU, Threefry keys (JAX's
+      default) use the library's own, faster implementation of the same draws; other backends and key
+      implementations (e.g. `jax.random.key(seed, impl="rbg")`) go through `jax.random.normal`. Or an array of
+      typed keys, one per example (shape `scores.shape[:-1]`): example `i` then draws
+      `jax.random.normal(key[i], (num_samples, L))`, which depends on its key alone, so a batch split over devices
+      draws the same noise as on one device when the keys come from the examples' global positions. Exactly one of
+      `key` and `noise` must be given.
     noise: explicit standard-normal draws of shape `[B, *scores.shape]`, for reproducibility and tests.
     selection: the exact selection algorithm, one of `SELECTIONS` (all give identical results, see the module
       docstring); `"auto"` picks the fastest for the backend.
@@ -440,10 +443,12 @@ def _resolve_noise(scores, *, num_samples, key, noise, antithetic=False):
       raise ValueError("`num_samples` is required when `key` is given.")
     num_samples = _checks.check_int(num_samples, "num_samples", minimum=1)
     cdtype = _checks.compute_dtype(scores.dtype)
-    if antithetic:
-      half = _standard_normal(key, (num_samples // 2,) + tuple(scores.shape), cdtype)
-      return jnp.concatenate([half, -half], axis=0)
-    return _standard_normal(key, (num_samples,) + tuple(scores.shape), cdtype)
+    draw = num_samples // 2 if antithetic else num_samples
+    if _is_key_batch(key):
+      half = _per_example_normal(key, scores.shape, draw, cdtype)
+    else:
+      half = _standard_normal(key, (draw,) + tuple(scores.shape), cdtype)
+    return jnp.concatenate([half, -half], axis=0) if antithetic else half
   if not hasattr(noise, "shape"):
     noise = jnp.asarray(noise)
   if not jnp.issubdtype(noise.dtype, jnp.floating):
@@ -456,6 +461,23 @@ def _resolve_noise(scores, *, num_samples, key, noise, antithetic=False):
     if num_samples != noise.shape[0]:
       raise ValueError(f"`num_samples`={num_samples} does not match noise.shape[0]={noise.shape[0]}.")
   return noise
+
+
+def _is_key_batch(key):
+  """Whether `key` is an array of typed keys (one per example) rather than a single key."""
+  return (hasattr(key, "dtype") and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+          and getattr(key, "ndim", 0) > 0)
+
+
+def _per_example_normal(keys, scores_shape, num_samples, dtype):
+  """`[B, *scores_shape]` draws whose row `[:, i]` is `jax.random.normal(keys[i], (B, L), dtype)`."""
+  batch_shape, num_classes = tuple(scores_shape[:-1]), scores_shape[-1]
+  if tuple(keys.shape) != batch_shape:
+    raise ValueError(f"A batch of keys must have one key per example, shape scores.shape[:-1] = {batch_shape}; "
+                     f"got `key` of shape {tuple(keys.shape)}.")
+  flat = keys.reshape(-1)
+  draws = jax.vmap(lambda k: _standard_normal(k, (num_samples, num_classes), dtype))(flat)  # [M, B, L]
+  return jnp.moveaxis(draws, 0, 1).reshape((num_samples,) + batch_shape + (num_classes,))
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ def test_notebook_is_clean_and_states_tpu_differences():
   first_code = next(c for c in nb.cells if c.cell_type == "code")
   assert "pip install" in first_code.source and "find_spec(\"noised_topk_jax\") is None" in first_code.source
   markdown = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
-  for phrase in ("TPU", "device index", "selection=\"auto\"", "lax.top_k", "half_precision"):
+  for phrase in ("TPU", "global batch", "selection=\"auto\"", "lax.top_k", "half_precision"):
     assert phrase in markdown, phrase
   assert REPO not in nbformat.writes(nb)
 

@@ -384,6 +384,35 @@ def test_vmap_over_keys():
   chex.assert_trees_all_close(mapped, looped, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_per_example_keys_draw_each_row_from_its_own_key(antithetic):
+  # One typed key per example: row i uses jax.random.normal(keys[i], (B, L)) (B/2 of them, then their negatives,
+  # with `antithetic`), so any split of the batch draws the same noise for each example as the whole batch does.
+  shape, k, num_samples = (2, 3, 10), 3, 4
+  scores = _scores(shape, 43)
+  keys = jax.random.split(jax.random.key(7), 6).reshape(2, 3)
+  draw = num_samples // 2 if antithetic else num_samples
+  rows = np.stack([np.stack([np.asarray(jax.random.normal(keys[i, j], (draw, shape[-1]))) for j in range(3)], 1)
+                   for i in range(2)], 1)  # [draw, 2, 3, L]
+  noise = np.concatenate([rows, -rows]) if antithetic else rows
+  fn = _value_and_vjp(lambda s: ntk.noised_kth_largest(s, k, epsilon=0.6, num_samples=num_samples, key=keys,
+                                                       antithetic=antithetic), True)
+  value, grad = fn(jnp.asarray(scores), jnp.ones(shape[:-1], jnp.float32))
+  want_value, want_grad = ref.noised_kth_largest(scores, k, 0.6, noise.astype(np.float64))
+  np.testing.assert_allclose(np.asarray(value), want_value, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=RTOL, atol=ATOL)
+  # A slice of the batch with the slice of the keys gives the slice of the values, bit for bit.
+  part = ntk.noised_kth_largest(scores[1:], k, epsilon=0.6, num_samples=num_samples, key=keys[1:],
+                                antithetic=antithetic)
+  np.testing.assert_array_equal(np.asarray(part), np.asarray(value)[1:])
+
+
+def test_per_example_keys_must_match_the_batch_shape():
+  scores = jnp.asarray(_scores((4, 10), 44))
+  with pytest.raises(ValueError, match="`key` of shape \\(3,\\)"):
+    ntk.noised_kth_largest(scores, 2, epsilon=1.0, num_samples=2, key=jax.random.split(jax.random.key(0), 3))
+
+
 def test_pmap_matches_reference():
   assert jax.device_count() == 2
   shape, k, num_samples = (2, 3, 10), 2, 4
