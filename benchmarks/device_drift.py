@@ -27,7 +27,6 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from experiments import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import configs  # pylint: disable=g-import-not-at-top,wrong-import-position
-from experiments import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PRESETS = ("fmnist_exp100_ce", "fmnist_exp100_noised_imbalanced_k2")
@@ -65,10 +64,7 @@ def main():
     if args.data_dir:
       config = config.replace(data_dir=args.data_dir)
     config = config_lib.validate(config)
-    dataset = input_pipeline.get_dataset(
-        config.dataset, data_dir=config.data_dir, imbalance_profile=config.imbalance_profile,
-        imbalance_ratio=config.imbalance_ratio, subset_seed=config.subset_seed,
-        validation_per_class=config.validation_per_class)
+    dataset = train_lib.load_dataset(config)
     steps = 10 if args.quick else dataset.steps_per_epoch(config.batch_size)
     batches = list(dataset.train_batches(epoch=0, batch_size=config.batch_size, seed=config.seed,
                                          augment=config.augment))[:steps]

@@ -1,5 +1,6 @@
 """Turns the `results.json` of a grid's runs into the papers' tables, a CSV, plots and (Fashion-MNIST) claim checks."""
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -185,6 +186,140 @@ def plot_bars(grid, cells, setting, path):
   plt.close(fig)
 
 
+# --- Grids with a known Bayes optimum (synthetic_lt) -----------------------------------------------------------------
+# Frequency buckets of the long-tail literature (Liu et al., CVPR 2019; the LDAM and Pl@ntNet papers): classes with
+# more than 100 training examples, 20 to 100, fewer than 20.
+BUCKETS = (("many", 101, math.inf), ("medium", 20, 101), ("few", 0, 20))
+BAYES_KINDS = {"likelihood": "Bayes-optimal for macro top-K (exact class likelihood)",
+               "posterior": "Bayes posterior (optimal for top-K under the training prior)"}
+
+
+def bayes_cells(grid, runs, results) -> Dict[Tuple[str, str, int], float]:
+  """(kind, setting, K) -> the exact Bayes scores' test macro top-K (%), read from the runs' results.json (the same
+  in every run of a setting: they share the generated data)."""
+  out = {}
+  for run in runs:
+    record = results.get(run.name, {}).get("bayes")
+    if not record:
+      continue
+    for kind, metrics in record.items():
+      for k in grid.ks:
+        value = 100.0 * metrics[f"macro_top{k}_accuracy"]
+        key = (kind, run.setting, k)
+        if key in out and abs(out[key] - value) > 1e-9:
+          raise ValueError(f"Runs of setting {run.setting} report different Bayes figures ({out[key]} vs {value} for "
+                           f"{kind} top-{k}): they did not see the same generated data.")
+        out[key] = value
+  return out
+
+
+def regret_table(grid, cells, bayes, setting, num_seeds) -> str:
+  """Macro top-K (mean ± std over seeds) and regret (Bayes-optimal - method, ± the same std) of every method, under
+  the Bayes rows; best method mean of each column in bold (the lowest regret)."""
+  ks = grid.ks
+  lines = ["| method | " + " | ".join(f"macro top-{k} (%)" for k in ks) + " | "
+           + " | ".join(f"regret top-{k}" for k in ks) + " |", "|---|" + "---|" * (2 * len(ks))]
+  optimum = {k: bayes[("likelihood", setting, k)] for k in ks}
+  for kind, label in BAYES_KINDS.items():
+    lines.append(f"| *{label}* | " + " | ".join(f"*{bayes[(kind, setting, k)]:.2f}*" for k in ks) + " | "
+                 + " | ".join(f"*{optimum[k] - bayes[(kind, setting, k)]:.2f}*" for k in ks) + " |")
+  best = {}
+  for k in ks:
+    means = {row: np.mean(cells[(row, setting, k)]) for row in grid.rows if (row, setting, k) in cells}
+    if means:
+      best[k] = max(means, key=means.get)
+  for row, label in grid.rows.items():
+    values, regrets = [], []
+    for k in ks:
+      v = cells.get((row, setting, k))
+      if not v:
+        values.append("—")
+        regrets.append("—")
+        continue
+      mean, std = mean_std(v)
+      spread = "" if math.isnan(std) else f" ± {std:.2f}"
+      extra = "" if len(v) == num_seeds else f" (n={len(v)})"
+      bold = "**" if best.get(k) == row else ""
+      values.append(f"{bold}{mean:.2f}{spread}{bold}{extra}")
+      regrets.append(f"{bold}{optimum[k] - mean:.2f}{spread}{bold}")
+    lines.append(f"| {label} | " + " | ".join(values) + " | " + " | ".join(regrets) + " |")
+  return "\n".join(lines)
+
+
+def _bucket_of(counts):
+  return np.select([(counts >= lo) & (counts < hi) for _, lo, hi in BUCKETS], [b for b, _, _ in BUCKETS], "")
+
+
+def bucket_values(grid, runs, results, setting, k) -> Dict[str, Dict[str, List[float]]]:
+  """row -> bucket -> per-seed macro top-k (%) over the bucket's classes; row "bayes": the exact likelihood's."""
+  out = {}
+  for run in runs:
+    r = results.get(run.name)
+    if r is None or run.setting != setting or k not in run.ks:
+      continue
+    table = r["per_class"]
+    counts = np.array([c["train_count"] for c in table.values()], np.float64)
+    acc = np.array([np.nan if c.get(f"top{k}_accuracy") is None else c[f"top{k}_accuracy"] for c in table.values()])
+    buckets = _bucket_of(counts)
+    sources = [(run.row, acc)]
+    if r.get("bayes") and "bayes" not in out:
+      sources.append(("bayes", np.asarray(r["bayes"]["likelihood"]["per_class"][f"top{k}_accuracy"])))
+    for row, values in sources:
+      for b, _, _ in BUCKETS:
+        if np.any(buckets == b):
+          out.setdefault(row, {}).setdefault(b, []).append(100.0 * float(np.nanmean(values[buckets == b])))
+  return out
+
+
+def bucket_table(grid, runs, results, setting) -> str:
+  """Macro top-K per frequency bucket (mean over seeds), the Bayes optimum first, for every K of the grid."""
+  per_k = {k: bucket_values(grid, runs, results, setting, k) for k in grid.ks}
+  any_k = per_k[grid.ks[0]]
+  present = [b for b, _, _ in BUCKETS if any(b in v for v in any_k.values())]
+  counts = None
+  for run in runs:
+    if run.name in results and run.setting == setting:
+      counts = np.array([c["train_count"] for c in results[run.name]["per_class"].values()])
+      break
+  sizes = {b: int(np.sum(_bucket_of(counts) == b)) for b in present} if counts is not None else {}
+  head = " | ".join(f"top-{k} {b} ({sizes.get(b, 0)})" for k in grid.ks for b in present)
+  lines = [f"| method | {head} |", "|---|" + "---|" * (len(grid.ks) * len(present))]
+  for row, label in [("bayes", "*Bayes-optimal (likelihood)*")] + list(grid.rows.items()):
+    parts = []
+    for k in grid.ks:
+      for b in present:
+        v = per_k[k].get(row, {}).get(b)
+        parts.append("—" if not v else f"{np.mean(v):.1f}")
+    lines.append(f"| {label} | " + " | ".join(parts) + " |")
+  return "\n".join(lines)
+
+
+def plot_buckets(grid, runs, results, setting, path):
+  """One panel per K: macro top-K of each frequency bucket by method (bars), the Bayes optimum first."""
+  plt = _pyplot()
+  fig, axes = plt.subplots(len(grid.ks), 1, figsize=(max(8.0, 0.55 * len(grid.rows) + 3), 3.3 * len(grid.ks)),
+                           dpi=100, squeeze=False)
+  for ax, k in zip(axes[:, 0], grid.ks):
+    values = bucket_values(grid, runs, results, setting, k)
+    rows = ["bayes"] + [r for r in grid.rows if r in values]
+    x = np.arange(len(rows))
+    width = 0.8 / len(BUCKETS)
+    for j, (b, lo, hi) in enumerate(BUCKETS):
+      means = [np.mean(values[r][b]) if b in values.get(r, {}) else np.nan for r in rows]
+      label = {"many": "many (> 100 train)", "medium": "medium (20-100)", "few": "few (< 20)"}[b]
+      ax.bar(x + (j - 1) * width, means, width, label=label)
+    ax.set_xticks(x)
+    ax.set_xticklabels(["Bayes-optimal"] + [grid.rows[r] for r in rows[1:]], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(f"macro top-{k} (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(f"{grid.settings[setting]}: macro top-{k} by class frequency", fontsize=9)
+  axes[0, 0].legend(fontsize=8, ncol=3, loc="upper right")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+
+
 # --- Claims of the papers, checked on the Fashion-MNIST grid ----------------------------------------------------------
 def _diff(cells, a, b, s, k):
   """(mean_a - mean_b, its standard error) over seeds."""
@@ -203,38 +338,57 @@ def _verdict(delta, se):
   return "fails"
 
 
+@dataclasses.dataclass(frozen=True)
+class ClaimGroups:
+  """What the claims need to know of a grid: method labels, the method groups, the settings and the K."""
+  labels: Dict[str, str]
+  balanced: Tuple[str, ...]
+  imbalanced: Tuple[str, ...]
+  logit_adjusted: Tuple[str, ...]
+  settings: Tuple[str, ...]
+  ks: Tuple[int, ...]
+
+
+def _best(cells, group, s, k):
+  present = [r for r in group if (r, s, k) in cells]
+  return max(present, key=lambda r: np.mean(cells[(r, s, k)]))
+
+
 def fashion_claims(cells) -> List[str]:
-  """Markdown lines: each of the papers' three claims, per (setting, K), with the numbers behind the verdict.
+  """The papers' claims checked on the fashion_mnist_lt grid (see `paper_claims`)."""
+  from experiments.configs import fashion_mnist_lt as fm  # pylint: disable=g-import-not-at-top
+  return paper_claims(cells, ClaimGroups(
+      labels={m: label for m, (label, _, _) in fm.METHODS.items()}, balanced=fm.BALANCED, imbalanced=fm.IMBALANCED,
+      logit_adjusted=fm.LOGIT_ADJUSTED, settings=tuple(s for s, _, _ in fm.SETTINGS), ks=fm.KS))
+
+
+def paper_claims(cells, groups: ClaimGroups) -> List[str]:
+  """Markdown lines: each of the papers' claims, per (setting, K), with the numbers behind the verdict.
 
   "within noise" = the difference of means is smaller than twice its standard error over seeds.
   """
-  from experiments.configs import fashion_mnist_lt as fm  # pylint: disable=g-import-not-at-top
-  labels = {m: label for m, (label, _, _) in fm.METHODS.items()}
+  labels = groups.labels
   lines = []
 
-  def have(*rows):
+  def have(s, k, *rows):
     return all((r, s, k) in cells for r in rows)
 
-  def best(group):
-    present = [r for r in group if (r, s, k) in cells]
-    return max(present, key=lambda r: np.mean(cells[(r, s, k)]))
-
   lines.append("**Claim 1: imbalanced losses beat balanced ones on macro metrics.** Best loss of each group (balanced: "
-               f"{', '.join(labels[m] for m in fm.BALANCED)}; imbalance-aware: "
-               f"{', '.join(labels[m] for m in fm.IMBALANCED)}), and the paired comparisons.")
+               f"{', '.join(labels[m] for m in groups.balanced)}; imbalance-aware: "
+               f"{', '.join(labels[m] for m in groups.imbalanced)}), and the paired comparisons.")
   lines.append("")
   lines.append("| setting | K | best balanced | best imbalance-aware | difference | verdict | noised imb. - noised bal. "
                "| LDAM - CE | CE-DRW - CE |")
   lines.append("|---|---|---|---|---|---|---|---|---|")
-  for s, _, _ in fm.SETTINGS:
-    for k in fm.KS:
-      if not all(any((r, s, k) in cells for r in g) for g in (fm.BALANCED, fm.IMBALANCED)):
+  for s in groups.settings:
+    for k in groups.ks:
+      if not all(any((r, s, k) in cells for r in g) for g in (groups.balanced, groups.imbalanced)):
         continue
-      b, i = best(fm.BALANCED), best(fm.IMBALANCED)
+      b, i = _best(cells, groups.balanced, s, k), _best(cells, groups.imbalanced, s, k)
       d, se = _diff(cells, i, b, s, k)
       pairs = []
       for a, c in (("noised_imbalanced", "noised_balanced"), ("ldam", "ce"), ("ce_drw", "ce")):
-        if have(a, c):
+        if have(s, k, a, c):
           pd, pse = _diff(cells, a, c, s, k)
           pairs.append(f"{pd:+.2f} ± {pse:.2f} ({_verdict(pd, pse)})")
         else:
@@ -244,15 +398,15 @@ def fashion_claims(cells) -> List[str]:
                    + " | ".join(pairs) + " |")
   lines.append("")
   lines.append("**Claim 2: the imbalanced noised top-K loss is best on macro top-K.** Its rank among all "
-               f"{len(fm.METHODS)} methods and its difference to the best other method.")
+               f"{len(labels)} methods and its difference to the best other method.")
   lines.append("")
   lines.append("| setting | K | noised imbalanced | rank | best other method | difference | verdict |")
   lines.append("|---|---|---|---|---|---|---|")
-  for s, _, _ in fm.SETTINGS:
-    for k in fm.KS:
+  for s in groups.settings:
+    for k in groups.ks:
       if ("noised_imbalanced", s, k) not in cells:
         continue
-      present = sorted((r for r in fm.METHODS if (r, s, k) in cells), key=lambda r: -np.mean(cells[(r, s, k)]))
+      present = sorted((r for r in labels if (r, s, k) in cells), key=lambda r: -np.mean(cells[(r, s, k)]))
       other = next(r for r in present if r != "noised_imbalanced") if len(present) > 1 else None
       if other is None:
         continue
@@ -265,27 +419,28 @@ def fashion_claims(cells) -> List[str]:
   lines.append("")
   lines.append("| setting | K | MM-DRW | LDAM-DRW | difference | verdict |")
   lines.append("|---|---|---|---|---|---|")
-  for s, _, _ in fm.SETTINGS:
-    for k in fm.KS:
-      if have("mm_drw", "ldam_drw"):
+  for s in groups.settings:
+    for k in groups.ks:
+      if have(s, k, "mm_drw", "ldam_drw"):
         d, se = _diff(cells, "mm_drw", "ldam_drw", s, k)
         lines.append(f"| {s} | {k} | {np.mean(cells[('mm_drw', s, k)]):.2f} | "
                      f"{np.mean(cells[('ldam_drw', s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} |")
   lines.append("")
   lines.append("**Claim 4 (a later baseline): the imbalanced noised top-K loss beats logit adjustment** (Menon et al.; "
-               "best of the LA loss and CE + post-hoc LA), and what LA offsets add to the noised loss.")
+               f"best of {', '.join(labels[m] for m in groups.logit_adjusted)}), and what LA offsets add to the "
+               "noised loss.")
   lines.append("")
   lines.append("| setting | K | noised imbalanced | best LA | difference | verdict | noised + LA offsets - noised |")
   lines.append("|---|---|---|---|---|---|---|")
-  for s, _, _ in fm.SETTINGS:
-    for k in fm.KS:
-      present = [r for r in fm.LOGIT_ADJUSTED if (r, s, k) in cells]
+  for s in groups.settings:
+    for k in groups.ks:
+      present = [r for r in groups.logit_adjusted if (r, s, k) in cells]
       if ("noised_imbalanced", s, k) not in cells or not present:
         continue
       la = max(present, key=lambda r: np.mean(cells[(r, s, k)]))
       d, se = _diff(cells, "noised_imbalanced", la, s, k)
       extra = "—"
-      if have("noised_imbalanced_la", "noised_imbalanced"):
+      if have(s, k, "noised_imbalanced_la", "noised_imbalanced"):
         pd, pse = _diff(cells, "noised_imbalanced_la", "noised_imbalanced", s, k)
         extra = f"{pd:+.2f} ± {pse:.2f} ({_verdict(pd, pse)})"
       lines.append(f"| {s} | {k} | {np.mean(cells[('noised_imbalanced', s, k)]):.2f} | {labels[la]} "

@@ -8,7 +8,9 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k")
+from experiments import synthetic_lt
+
+DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k", "synthetic_lt")
 LOSSES = ("ce", "focal", "ldam", "mm", "mm_ldam", "smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced",
           "logit_adjusted", "balanced_softmax")
 # Losses that already add the log-prior offsets to the logits (so `logit_adjustment_tau` would add them twice).
@@ -19,7 +21,10 @@ SCALED_LOSSES = ("ldam", "mm", "mm_ldam", "noised_imbalanced")
 # `tau` when not set: the smooth SVM's temperature (Pl@ntNet table), the logit adjustment's temperature (Menon et al.).
 DEFAULT_TAU = {"smooth_svm": 0.1, "logit_adjusted": 1.0}
 TRAIN_RULES = ("none", "reweight", "drw", "resample")
-MODELS = ("cnn", "resnet32", "resnet18", "resnet50")
+MODELS = ("cnn", "resnet32", "resnet18", "resnet50", "mlp")
+# Imbalance profiles of the image datasets' long-tailed subsets (`noised_topk_jax.PROFILES`) and of the generator.
+IMAGE_PROFILES = ("exp", "step")
+_SPEC = synthetic_lt.SyntheticSpec()
 MODEL_SELECTIONS = ("auto", "val_macro_topk", "best_test_epoch", "last_epoch")
 
 # Which losses read which hyperparameter: setting one for a loss that ignores it is an error, not a silent no-op.
@@ -52,6 +57,16 @@ class Config:
   image_size: Optional[int] = None  # Pl@ntNet crop size (224); smaller in tests.
   augment: bool = True
   tfds_download: bool = False
+  # The generator of `dataset=synthetic_lt` (experiments/synthetic_lt.py; its seed is `subset_seed`).
+  synthetic_num_classes: int = _SPEC.num_classes
+  synthetic_num_genera: int = _SPEC.num_genera
+  synthetic_dim: int = _SPEC.latent_dim
+  synthetic_genus_spread: float = _SPEC.genus_spread
+  synthetic_species_spread: float = _SPEC.species_spread
+  synthetic_max_count: int = _SPEC.max_count
+  synthetic_test_per_class: int = _SPEC.test_per_class
+  synthetic_map_layers: int = _SPEC.map_layers
+  synthetic_negative_slope: float = _SPEC.negative_slope
   # Loss.
   loss: str = "noised_imbalanced"
   k: int = 2
@@ -74,6 +89,7 @@ class Config:
   # Model.
   model: str = "cnn"
   normalized_head: bool = True
+  mlp_widths: Tuple[int, ...] = (512, 512)  # Hidden layers of `model=mlp`.
   pretrained_weights: Optional[str] = None
   require_pretrained: bool = False  # The Pl@ntNet presets: refuse to start without pretrained_weights.
   half_precision: bool = False
@@ -127,7 +143,16 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   _one_of(config, "train_rule", TRAIN_RULES)
   _one_of(config, "model", MODELS)
   _one_of(config, "model_selection", MODEL_SELECTIONS)
-  _one_of(config, "imbalance_profile", ("exp", "step"))
+  _one_of(config, "imbalance_profile",
+          synthetic_lt.PROFILES if config.dataset == "synthetic_lt" else IMAGE_PROFILES)
+  _check_synthetic(config, explicitly_set)
+  if not config.mlp_widths or any(int(w) < 1 for w in config.mlp_widths):
+    raise ValueError(f"`mlp_widths` must be a non-empty list of ints >= 1, got {config.mlp_widths}.")
+  if "mlp_widths" in explicitly_set and config.model != "mlp":
+    raise ValueError(f"`mlp_widths` is only used by `model=mlp`, got model={config.model!r}.")
+  if (config.model == "mlp") != (config.dataset == "synthetic_lt"):
+    raise ValueError(f"`model=mlp` takes the vectors of `dataset=synthetic_lt` and nothing else (the image datasets "
+                     f"take cnn/resnet models); got model={config.model!r}, dataset={config.dataset!r}.")
   positive_ints = ("epochs", "batch_size", "eval_batch_size", "num_samples", "k", "eval_every_epochs",
                    "checkpoint_every_epochs", "log_every_steps")
   for name in positive_ints:
@@ -183,6 +208,33 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   if config.distributed and (config.num_processes is None) != (config.process_id is None):
     raise ValueError("`num_processes` and `process_id` must be given together (or neither, for auto-detection).")
   return config
+
+
+def synthetic_spec(config: Config) -> synthetic_lt.SyntheticSpec:
+  """The generator settings of `config` (`dataset=synthetic_lt`)."""
+  return synthetic_lt.SyntheticSpec(
+      num_classes=config.synthetic_num_classes, num_genera=config.synthetic_num_genera,
+      latent_dim=config.synthetic_dim, genus_spread=config.synthetic_genus_spread,
+      species_spread=config.synthetic_species_spread, max_count=config.synthetic_max_count,
+      imbalance_profile=config.imbalance_profile, imbalance_ratio=config.imbalance_ratio,
+      validation_per_class=(synthetic_lt.SyntheticSpec.validation_per_class if config.validation_per_class is None
+                            else config.validation_per_class),
+      test_per_class=config.synthetic_test_per_class, map_layers=config.synthetic_map_layers,
+      negative_slope=config.synthetic_negative_slope, seed=config.subset_seed)
+
+
+def _check_synthetic(config, explicitly_set):
+  if config.dataset != "synthetic_lt":
+    stray = sorted(n for n in explicitly_set if n.startswith("synthetic_"))
+    if stray:
+      raise ValueError(f"`{stray[0]}` is a setting of `dataset=synthetic_lt`, got dataset={config.dataset!r}.")
+    return
+  spec = synthetic_lt.check_spec(synthetic_spec(config))
+  if config.loss in LOSS_HYPERPARAMETERS["k"] and config.k >= spec.num_classes:
+    raise ValueError(f"`k` must be < `synthetic_num_classes`={spec.num_classes} (the loss uses the (k+1)-th largest "
+                     f"score), got k={config.k}.")
+  if max(config.eval_ks) > spec.num_classes:
+    raise ValueError(f"`eval_ks` must not exceed `synthetic_num_classes`={spec.num_classes}, got {config.eval_ks}.")
 
 
 def check_pretrained(config: Config) -> None:

@@ -1,4 +1,5 @@
-"""Input pipelines of the training binaries: long-tailed Fashion-MNIST / CIFAR and Pl@ntNet-300K.
+"""Input pipelines of the training binaries: long-tailed Fashion-MNIST / CIFAR, Pl@ntNet-300K, and the generated
+many-class problem `synthetic_lt` (experiments/synthetic_lt.py).
 
 `get_dataset(name, ...)` returns a `Dataset` whose `train_batches` / `eval_batches` yield NumPy dicts ready for
 `jax.device_put`. Everything random is a pure function of its seeds, so a resumed run sees exactly the batches the
@@ -23,8 +24,10 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 import noised_topk_jax as ntk
+from experiments import config as config_lib
+from experiments import synthetic_lt
 
-DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k")
+DATASETS = config_lib.DATASETS
 IMBALANCE_PROFILES = ntk.PROFILES
 
 # Where `apt-get install dataset-fashion-mnist` puts the IDX files (Debian/Ubuntu).
@@ -115,6 +118,19 @@ class _ArraySource:
       yield np.ascontiguousarray(normalized.transpose(0, 2, 3, 1))
 
 
+class _VectorSource:
+  """A split of feature vectors held in memory (float32 `[N, D]`); no augmentation."""
+
+  def __init__(self, features: np.ndarray, labels: np.ndarray):
+    self.features = np.ascontiguousarray(features, np.float32)
+    self.labels = labels
+
+  def batches(self, index_rows: np.ndarray, random_rows: np.ndarray | None) -> Iterator[np.ndarray]:
+    del random_rows  # vectors are not augmented
+    for indices in index_rows:
+      yield self.features[indices]
+
+
 class _FileSource:
   """A split streamed from image files with tf.data: read, decode, resize, crop and normalize in parallel.
 
@@ -203,13 +219,15 @@ class Dataset:
   name: str
   num_classes: int
   class_names: list[str]
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[int, ...]  # [H, W, C] of the images, [D] of synthetic_lt's vectors
   train_class_counts: np.ndarray
   eval_splits: tuple[str, ...]
   has_validation: bool
   num_train_examples: int
-  _train: _ArraySource | _FileSource = dataclasses.field(repr=False)
-  _evals: dict[str, _ArraySource | _FileSource] = dataclasses.field(repr=False)
+  _train: _ArraySource | _FileSource | _VectorSource = dataclasses.field(repr=False)
+  _evals: dict[str, _ArraySource | _FileSource | _VectorSource] = dataclasses.field(repr=False)
+  # synthetic_lt only: the generated data, with its exact Bayes-optimal scores (`bayes_scores`).
+  synthetic: Optional[synthetic_lt.Synthetic] = dataclasses.field(default=None, repr=False)
 
   def steps_per_epoch(self, batch_size: int) -> int:
     """`num_train_examples // batch_size`: the last incomplete batch of an epoch is dropped."""
@@ -300,7 +318,8 @@ class Dataset:
 
 def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: str = "exp",
                 imbalance_ratio: float = 100.0, subset_seed: int = 0, validation_per_class: int | None = None,
-                image_size: int | None = None, download: bool = False) -> Dataset:
+                image_size: int | None = None, download: bool = False,
+                synthetic: synthetic_lt.SyntheticSpec | None = None) -> Dataset:
   """Loads one of `DATASETS`.
 
   `*_lt` datasets: the training split is the long-tailed subset of REFERENCE.md §4 with
@@ -324,6 +343,9 @@ def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: st
     image_size: Pl@ntNet-300K only: crop size (default 224); images are first resized so that their shorter side is
       `round(image_size * 256 / 224)`.
     download: let TFDS download the data (needs network; Fashion-MNIST fallback and CIFAR).
+    synthetic: synthetic_lt only: the generator's settings (default `SyntheticSpec()`), which hold its profile,
+      ratio, validation size and seed; the other arguments are ignored for it (`train_lib.load_dataset(config)`
+      builds the spec from a config).
 
   Returns:
     A `Dataset`.
@@ -334,6 +356,10 @@ def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: st
   """
   if name not in DATASETS:
     raise ValueError(f"`name` must be one of {DATASETS}, got {name!r}.")
+  if name == "synthetic_lt":
+    return _synthetic(synthetic_lt.SyntheticSpec() if synthetic is None else synthetic)
+  if synthetic is not None:
+    raise ValueError(f"`synthetic` is only used by synthetic_lt, got name={name!r}.")
   if imbalance_profile not in IMBALANCE_PROFILES:
     raise ValueError(f"`imbalance_profile` must be one of {IMBALANCE_PROFILES}, got {imbalance_profile!r}.")
   if isinstance(imbalance_ratio, bool) or not isinstance(imbalance_ratio, (int, float, np.integer, np.floating)) \
@@ -566,3 +592,19 @@ def _plantnet(data_dir, *, image_size: int) -> Dataset:
                  train_class_counts=np.bincount(train.labels, minlength=len(class_ids)).astype(np.int64),
                  eval_splits=tuple(evals), has_validation="val" in evals, num_train_examples=len(train.labels),
                  _train=train, _evals=evals)
+
+
+# ---- synthetic_lt ----------------------------------------------------------------------------------------------
+
+
+def _synthetic(spec: synthetic_lt.SyntheticSpec) -> Dataset:
+  data = synthetic_lt.generate(spec)
+  sources = {"test": _VectorSource(data.x["test"], data.labels["test"])}
+  if spec.validation_per_class:
+    sources = {"val": _VectorSource(data.x["val"], data.labels["val"]), **sources}
+  names = [f"class {c} (genus {g})" for c, g in enumerate(data.genus)]
+  return Dataset(name="synthetic_lt", num_classes=spec.num_classes, class_names=names,
+                 image_shape=(spec.latent_dim,), train_class_counts=data.train_class_counts.copy(),
+                 eval_splits=tuple(sources), has_validation="val" in sources,
+                 num_train_examples=len(data.labels["train"]),
+                 _train=_VectorSource(data.x["train"], data.labels["train"]), _evals=sources, synthetic=data)

@@ -6,12 +6,13 @@
 - `resnet32`: the CIFAR ResNet-32 of LDAM-DRW: a 3x3 conv with 16 channels, 3 stages of 5 basic blocks (widths
   16/32/64, strides 1/2/2) with the parameter-free "option A" shortcut, global average pool, head. Convolutions and
   the linear head use the untruncated Kaiming-normal (fan_in) initialisation.
+- `mlp`: for the feature vectors of `synthetic_lt`: `mlp_widths` hidden layers (dense - BN - relu), then the head.
 - `resnet18`, `resnet50`: the torchvision layout (7x7/2 stem, 3x3/2 max pool, [2, 2, 2, 2] basic blocks or
   [3, 4, 6, 3] bottlenecks with the stride on the 3x3 conv, "v1.5"), with PyTorch's symmetric explicit padding so that
   converted torchvision ImageNet weights (`experiments/convert_torchvision_weights.py`, `load_pretrained`) reproduce
   torchvision's outputs.
 
-Every model takes a normalised float32 NHWC batch and returns float32 logits `[B, num_classes]`, also when `dtype`
+Every model takes a normalised float32 NHWC batch (`mlp`: `[B, D]` vectors) and returns float32 logits `[B, num_classes]`, also when `dtype`
 (the compute dtype of convolutions and BatchNorm outputs) is bfloat16; parameters stay float32. The head is a linear
 layer with bias, or with `normalized_head=True` the cosine head `normalize(features) @ normalize(W)` (no bias, outputs
 in [-1, 1]; the loss applies the scale). Both heads are the submodule named `HEAD_NAME`, which `load_pretrained` skips.
@@ -43,7 +44,7 @@ from flax.core import FrozenDict
 
 from experiments import convert_torchvision_weights
 
-MODELS = ("cnn", "resnet32", "resnet18", "resnet50")
+MODELS = ("cnn", "resnet32", "resnet18", "resnet50", "mlp")
 PRETRAINABLE = ("resnet18", "resnet50")
 
 # Name of the classifier submodule in every model; `load_pretrained` never loads it.
@@ -196,6 +197,25 @@ class FashionCNN(_Base):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# MLP (synthetic_lt).
+
+
+class MLP(_Base):
+  """`[B, D]` vectors - `widths` x (dense - BN - relu) - head. Dense layers use the Kaiming-normal (fan_in) init
+  of the convolutions above; the head is the shared linear / cosine head."""
+  widths: Sequence[int] = (512, 512)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    norm = self._norm(train)
+    x = x.reshape(x.shape[0], -1)
+    for i, width in enumerate(self.widths):
+      x = nn.Dense(width, use_bias=False, dtype=self.dtype, kernel_init=kaiming_normal_fan_in, name=f"dense{i + 1}")(x)
+      x = nn.relu(norm(name=f"bn{i + 1}")(x))
+    return _head(self.num_classes, self.normalized_head, kaiming_normal_fan_in)(x)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # CIFAR ResNet-32 (LDAM-DRW).
 
 
@@ -327,10 +347,10 @@ class ImageNetResNet(_Base):
 
 
 def create_model(name: str, *, num_classes: int, normalized_head: bool = False, dtype: Any = jnp.float32,
-                 axis_name: Optional[str] = None) -> nn.Module:
+                 axis_name: Optional[str] = None, mlp_widths: Sequence[int] = (512, 512)) -> nn.Module:
   """Returns the Flax module `name` (one of `MODELS`) with a `num_classes`-way head (cosine head when
   `normalized_head`). `dtype` is the compute dtype; `axis_name` the pmap axis over which train-mode BatchNorm
-  averages its batch statistics (None: per-device statistics)."""
+  averages its batch statistics (None: per-device statistics); `mlp_widths` the hidden layers of `mlp`."""
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; expected one of {MODELS}.")
   if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
@@ -338,6 +358,8 @@ def create_model(name: str, *, num_classes: int, normalized_head: bool = False, 
   common = dict(num_classes=int(num_classes), normalized_head=bool(normalized_head), dtype=dtype, axis_name=axis_name)
   if name == "cnn":
     return FashionCNN(**common)
+  if name == "mlp":
+    return MLP(widths=tuple(int(w) for w in mlp_widths), **common)
   if name == "resnet32":
     return CifarResNet(blocks_per_stage=5, **common)
   if name == "resnet18":

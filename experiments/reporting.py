@@ -86,6 +86,13 @@ def results_table(results, ks):
   lines.append("| top-K accuracy (%) | " + " | ".join(f"{100 * test[f'top{k}_accuracy']:.2f}" for k in ks) + " |")
   lines.append("| macro top-K accuracy (%) | "
                + " | ".join(f"{100 * test[f'macro_top{k}_accuracy']:.2f}" for k in ks) + " |")
+  bayes = results.get("bayes")
+  if bayes:
+    lines.append("| Bayes-optimal macro top-K (%), exact class likelihood | "
+                 + " | ".join(f"{100 * bayes['likelihood'][f'macro_top{k}_accuracy']:.2f}" for k in ks) + " |")
+    lines.append("| regret: Bayes - this model (points) | " + " | ".join(
+        f"{100 * (bayes['likelihood'][f'macro_top{k}_accuracy'] - test[f'macro_top{k}_accuracy']):.2f}" for k in ks)
+                 + " |")
   return "\n".join(lines)
 
 

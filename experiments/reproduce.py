@@ -167,7 +167,8 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
   table = aggregate.markdown_table(grid, cells, len(seeds))
   aggregate.write_csvs(grid, runs, results, cells, output_dir)
-  plots = []
+  plots, bucket_sections = [], []
+  bayes = aggregate.bayes_cells(grid, runs, results) if grid.bayes else {}
   for setting in grid.settings:
     if any(s == setting for _, s, _ in cells):
       bars = os.path.join("plots", f"{grid.metric}_{setting}.png")
@@ -175,6 +176,17 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
       aggregate.plot_bars(grid, cells, setting, os.path.join(output_dir, bars))
       aggregate.plot_per_class(grid, runs, results, setting, os.path.join(output_dir, per_class))
       plots += [bars, per_class]
+      if bayes:
+        buckets = os.path.join("plots", f"buckets_{setting}.png")
+        aggregate.plot_buckets(grid, runs, results, setting, os.path.join(output_dir, buckets))
+        plots.append(buckets)
+        bucket_sections += [f"### {grid.settings[setting]}: macro top-K (%) by class frequency", "",
+                            "Bucket = training examples of the class: many > 100, medium 20-100, few < 20 (number "
+                            "of classes in parentheses); mean over seeds.", "",
+                            aggregate.bucket_table(grid, runs, results, setting), ""]
+  if bayes:
+    table = "\n\n".join(f"### {grid.settings[s]}\n\n" + aggregate.regret_table(grid, cells, bayes, s, len(seeds))
+                         for s in grid.settings if any(cs == s for _, cs, _ in cells))
   train_seconds = sum(r["train_seconds"] for r in results.values())
   invocations = []  # The commands that trained this grid's runs (appended by `main`).
   log_path = os.path.join(workdir_root, INVOCATIONS_FILE)
@@ -185,7 +197,7 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   lines = [f"# {grid.name}", "", grid.description, "",
            f"Mean ± std over seeds {', '.join(map(str, seeds))} ({len(results)} of {len(runs)} runs finished); the "
            "best mean of each column in bold" + ("; the paper's figure in brackets." if grid.paper else "."), "",
-           table, ""] + list(grid.notes) + ([""] if grid.notes else [])
+           table, ""] + list(grid.notes) + ([""] if grid.notes else []) + bucket_sections
   if grid.claims is not None:
     lines += ["## The papers' claims on this grid", ""] + grid.claims(cells) + [""]
   commands = [i["command"] for i in invocations if i.get("runs_trained")] or [_this_command()]

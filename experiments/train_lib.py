@@ -28,6 +28,7 @@ from experiments import config as config_lib
 from experiments import input_pipeline
 from experiments import models
 from experiments import reporting
+from experiments import synthetic_lt
 
 AXIS = "batch"
 
@@ -272,7 +273,8 @@ def _maybe_initialize_distributed(config):
 
 def create_train_state(config, dataset, steps_per_epoch):
   model = models.create_model(config.model, num_classes=dataset.num_classes, normalized_head=config.normalized_head,
-                              dtype=jnp.bfloat16 if config.half_precision else jnp.float32, axis_name=AXIS)
+                              dtype=jnp.bfloat16 if config.half_precision else jnp.float32, axis_name=AXIS,
+                              mlp_widths=config.mlp_widths)
   init_rng = jax.random.key(config.seed)
   dummy = jnp.zeros((1,) + tuple(dataset.image_shape), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
@@ -318,6 +320,36 @@ def _check_against_dataset(config, dataset, loss_fn, num_devices):
                  jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.split(jax.random.key(0), 2))
 
 
+def bayes_record(dataset: input_pipeline.Dataset, ks) -> dict | None:
+  """synthetic_lt: the test metrics of the exact Bayes-optimal scores, `{"likelihood": ..., "posterior": ...}` with
+  the keys of `results["test"]` (top-k and macro top-k accuracies) and the per-class top-k accuracies; else None."""
+  data = dataset.synthetic
+  if data is None:
+    return None
+  labels, num_classes, prior = data.labels["test"], dataset.num_classes, data.prior
+  out = {}
+  for kind in ("likelihood", "posterior"):
+    scores = data.bayes_scores("test", kind)
+    record = {"per_class": {}}
+    for k in ks:
+      per_class = synthetic_lt.per_class_topk(scores, labels, k, num_classes)
+      record[f"top{k}_accuracy"] = float(synthetic_lt.topk_hits(scores, labels, k).mean())
+      record[f"macro_top{k}_accuracy"] = float(per_class.mean())
+      record[f"prior_weighted_top{k}_accuracy"] = float(np.dot(prior, per_class))
+      record["per_class"][f"top{k}_accuracy"] = per_class.tolist()
+    out[kind] = record
+  return out
+
+
+def load_dataset(config: config_lib.Config) -> input_pipeline.Dataset:
+  """The dataset of `config` (its data fields, or the generator settings of synthetic_lt)."""
+  return input_pipeline.get_dataset(
+      config.dataset, data_dir=config.data_dir, imbalance_profile=config.imbalance_profile,
+      imbalance_ratio=config.imbalance_ratio, subset_seed=config.subset_seed,
+      validation_per_class=config.validation_per_class, image_size=config.image_size, download=config.tfds_download,
+      synthetic=config_lib.synthetic_spec(config) if config.dataset == "synthetic_lt" else None)
+
+
 def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   """Trains `config`, evaluates it, writes results to `workdir`, and returns the results dictionary.
 
@@ -337,10 +369,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   is_chief = jax.process_index() == 0
   num_local_devices = jax.local_device_count()
 
-  dataset = input_pipeline.get_dataset(
-      config.dataset, data_dir=config.data_dir, imbalance_profile=config.imbalance_profile,
-      imbalance_ratio=config.imbalance_ratio, subset_seed=config.subset_seed,
-      validation_per_class=config.validation_per_class, image_size=config.image_size, download=config.tfds_download)
+  dataset = load_dataset(config)
   class_counts = np.asarray(dataset.train_class_counts)
   loss_fn = make_loss_fn(config, class_counts)
   _check_against_dataset(config, dataset, loss_fn, devices)
@@ -435,6 +464,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "test": test_metrics,
       "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,
       "per_class": reporting.per_class_table(dataset, per_class),
+      "bayes": bayes_record(dataset, config.eval_ks),
       "train_class_counts": class_counts.tolist(),
       "history": meta["history"],
       "train_seconds": meta["train_seconds"],

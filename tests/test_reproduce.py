@@ -65,6 +65,15 @@ def test_grid_sizes_cover_the_seed_tables_and_every_loss():
   assert {r.ks for r in fashion if r.row == "noised_imbalanced"} == {(1,), (2,), (3,)}
 
 
+def test_synthetic_grid_has_every_loss_and_k_1_3_5():
+  runs = grids.get_grid("synthetic_lt").runs((0, 1, 2))
+  assert len(runs) == (10 + 5 * 3) * 3 and len({r.name for r in runs}) == len(runs)
+  assert {r.config.loss for r in runs} == set(config_lib.LOSSES)
+  assert {r.config.k for r in runs if r.config.loss == "noised_imbalanced"} == {1, 3, 5}
+  assert {r.ks for r in runs if r.row == "ce"} == {(1, 3, 5)}
+  assert {(r.config.dataset, r.config.model, r.config.epochs) for r in runs} == {("synthetic_lt", "mlp", 30)}
+
+
 @pytest.mark.parametrize("grid", ["plantnet_table", "mm_table1"])
 def test_dry_run_prints_every_command(grid):
   out = _cli(f"--grid={grid}", "--dry_run", "--workdir_root=/nonexistent_root")
@@ -304,3 +313,44 @@ def test_the_table_names_the_commands_that_trained_the_runs(tmp_path):
   assert "(d): trained 88 runs in 10.0 min wall clock." in table
   assert "(e)" not in table  # An invocation that trained nothing is not listed.
   assert "| ERM | **25.00** [paper 29.64] |" in table
+
+
+def _synthetic_value(run, k):
+  """Known accuracies for the synthetic grid: LA 0.60 + 0.05 k, noised imbalanced 0.55 + 0.05 k, others 0.50."""
+  base = {"la": 0.60, "noised_imbalanced": 0.55}.get(run.row, 0.50)
+  return base + 0.05 * k + 0.005 * (run.seed - 1)
+
+
+def test_synthetic_aggregate_writes_regret_and_bucket_tables(tmp_path):
+  grid = grids.get_grid("synthetic_lt")
+  root, out = str(tmp_path / "runs"), str(tmp_path / "out")
+  runs = grid.runs((0, 1, 2))
+  for run in runs:
+    results = _fake_results(run, _synthetic_value)
+    # Classes of 500, 50 and 5 training examples: one per bucket; the Bayes per-class accuracies 0.9, 0.8, 0.7.
+    for c, n in zip(results["per_class"].values(), (500, 50, 5)):
+      c["train_count"] = n
+    per_class = {f"top{k}_accuracy": [0.9, 0.8, 0.7] for k in grid.ks}
+    results["bayes"] = {kind: {**{f"macro_top{k}_accuracy": v + 0.01 * k for k in grid.ks}, "per_class": per_class}
+                        for kind, v in (("likelihood", 0.80), ("posterior", 0.70))}
+    os.makedirs(os.path.join(root, run.name))
+    with open(os.path.join(root, run.name, "results.json"), "w") as f:
+      json.dump(results, f)
+  proc = _cli("--grid=synthetic_lt", "--aggregate_only", f"--workdir_root={root}", f"--output_dir={out}")
+  assert proc.returncode == 0, proc.stderr
+  table = open(os.path.join(out, "table.md")).read()
+  # Bayes likelihood 81 / 83 / 85; the posterior row's regret is 10 points.
+  assert ("| *Bayes-optimal for macro top-K (exact class likelihood)* | *81.00* | *83.00* | *85.00* | *0.00* | "
+          "*0.00* | *0.00* |") in table
+  assert "| *Bayes posterior (optimal for top-K under the training prior)* | *71.00* | *73.00* | *75.00* | *10.00* |" in table
+  # LA: 0.60 + 0.05 k -> 65 / 75 / 85, regret 16 / 8 / 0, best in bold.
+  assert ("| LA loss (tau 1) | **65.00 ± 0.50** | **75.00 ± 0.50** | **85.00 ± 0.50** | **16.00 ± 0.50** | "
+          "**8.00 ± 0.50** | **0.00 ± 0.50** |") in table
+  # Buckets: one class each; Bayes 90 / 80 / 70, a method its per-class value.
+  assert "| *Bayes-optimal (likelihood)* | 90.0 | 80.0 | 70.0 | 90.0 | 80.0 | 70.0 | 90.0 | 80.0 | 70.0 |" in table
+  assert "| CE | 55.0 | 55.0 | 55.0 | 65.0 | 65.0 | 65.0 | 75.0 | 75.0 | 75.0 |" in table
+  assert os.path.getsize(os.path.join(out, "plots", "buckets_lt100.png")) > 5000
+  # Claim 4 on this grid: noised imbalanced (55 + 5k) against the best logit-adjusted row (LA, 60 + 5k).
+  assert "| lt100 | 1 | 60.00 | LA loss (tau 1) 65.00 | -5.00 ± 0.41 | fails |" in table
+  assert len(runs) == 75
+

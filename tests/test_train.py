@@ -299,6 +299,27 @@ def test_pretrained_weights_are_required_where_the_preset_says_so():
   config_lib.check_pretrained(config.replace(pretrained_weights="weights.npz"))
 
 
+def test_synthetic_run_reports_its_regret(tmp_path):
+  # A tiny generated problem end to end: results.json carries the exact Bayes figures, the summary the regret.
+  args = ["--config=synth_lt100_noised_imbalanced_k3", "--synthetic_num_classes=12", "--synthetic_num_genera=3",
+          "--synthetic_max_count=60", "--imbalance_ratio=10", "--synthetic_test_per_class=10",
+          "--validation_per_class=4", "--mlp_widths=32", "--epochs=2", "--lr_decay_epochs=1", "--eval_batch_size=40",
+          f"--workdir={tmp_path}"]
+  out = _cli(*args, env=_env())
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "| regret: Bayes - this model (points) |" in out.stdout
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    results = json.load(f)
+  assert results["config"]["synthetic_num_classes"] == 12 and len(results["per_class"]) == 12
+  bayes = results["bayes"]
+  for kind in ("likelihood", "posterior"):
+    assert [bayes[kind][f"macro_top{k}_accuracy"] for k in (1, 3, 5)] == sorted(
+        bayes[kind][f"macro_top{k}_accuracy"] for k in (1, 3, 5))
+  # The likelihood is optimal for macro top-K, the posterior for prior-weighted top-K (on the same test examples).
+  assert bayes["likelihood"]["macro_top1_accuracy"] >= bayes["posterior"]["macro_top1_accuracy"]
+  assert bayes["posterior"]["prior_weighted_top1_accuracy"] >= bayes["likelihood"]["prior_weighted_top1_accuracy"]
+
+
 def test_host_side_label_check():
   with pytest.raises(ValueError, match=r"Labels must be in \[0, 10\)"):
     train_lib.check_labels(np.array([0, 3, 10]), 10)
@@ -356,8 +377,8 @@ def test_a_workdir_of_another_config_is_refused(fashion_dir, tmp_path):
 
 
 def test_every_preset_validates_and_names_its_command():
-  # default, Pl@ntNet, MM Table 1, Fashion-MNIST-LT grid, logit-adjustment CIFAR presets.
-  assert len(configs.PRESETS) == 1 + 6 + 8 * 11 + 2 * (10 + 5 * 3) + 2 * 3
+  # default, Pl@ntNet, MM Table 1, Fashion-MNIST-LT grid, logit-adjustment CIFAR presets, synthetic_lt (2 settings).
+  assert len(configs.PRESETS) == 1 + 6 + 8 * 11 + 2 * (10 + 5 * 3) + 2 * 3 + 2 * (10 + 5 * 3)
   for name, preset in configs.PRESETS.items():
     config_lib.validate(preset.config)
     assert preset.command.startswith(f"python -m experiments.train --config={name}")
@@ -378,6 +399,10 @@ def test_every_preset_validates_and_names_its_command():
     (["--config=plantnet_ce"], "pass `pretrained_weights`"),
     (["--antithetic", "--num_samples=5"], "`num_samples` must be even"),
     (["--loss=ce", "--antithetic"], "`antithetic` is not used by `loss=ce`"),
+    (["--config=synth_lt100_ce", "--synthetic_dim=-1"], "`synthetic_dim` must be an int >= 1"),
+    (["--config=synth_lt100_ce", "--synthetic_max_count=20"], "`synthetic_max_count`=20 leaves the rarest classes"),
+    (["--config=synth_lt100_noised_imbalanced_k5", "--k=100"], "`k` must be < `synthetic_num_classes`=100"),
+    (["--synthetic_dim=4"], "`synthetic_dim` is a setting of `dataset=synthetic_lt`"),
 ])
 def test_bad_flags_fail_at_start(args, message):
   out = _cli(*args, timeout=120)
