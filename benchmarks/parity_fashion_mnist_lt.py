@@ -99,7 +99,7 @@ def dataset_kwargs(config):
   return dict(data_dir=config.data_dir, imbalance_profile=config.imbalance_profile,
               imbalance_ratio=config.imbalance_ratio, subset_seed=config.subset_seed,
               validation_per_class=config.validation_per_class, image_size=config.image_size,
-              download=config.tfds_download)
+              download=config.tfds_download, synthetic=None)
 
 
 # The real loader: `run_jax` replaces `input_pipeline.get_dataset` while the binary runs.

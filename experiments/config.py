@@ -9,6 +9,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from experiments import synthetic_lt
+from experiments import weights_format
 
 DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k", "synthetic_lt")
 LOSSES = ("ce", "focal", "ldam", "mm", "mm_ldam", "smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced",
@@ -200,8 +201,9 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   if config.logit_adjustment_tau and config.loss in LOGIT_ADJUSTED_LOSSES:
     raise ValueError(f"`logit_adjustment_tau` adds the offsets that loss={config.loss} already adds; use `tau` "
                      "(logit_adjusted) or leave `logit_adjustment_tau` at 0.")
-  if config.pretrained_weights and config.model not in ("resnet18", "resnet50"):
-    raise ValueError(f"`pretrained_weights` needs model resnet18 or resnet50, got {config.model!r}.")
+  if config.pretrained_weights and config.model not in weights_format.PRETRAINABLE:
+    raise ValueError(f"`pretrained_weights` needs model {' or '.join(weights_format.PRETRAINABLE)}, got "
+                     f"{config.model!r}.")
   if config.model_selection == "val_macro_topk" and config.dataset in ("cifar10_lt", "cifar100_lt"):
     raise ValueError("`model_selection=val_macro_topk` needs a validation split; CIFAR-LT has none "
                      "(its protocol reports the best test epoch: use best_test_epoch or last_epoch).")

@@ -36,13 +36,15 @@ from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
+from experiments import weights_format
+
 ARCHS = {
     # arch: (blocks per stage, convs (and BNs) per block)
     "resnet18": ((2, 2, 2, 2), 2),
     "resnet50": ((3, 4, 6, 3), 3),
 }
-ARCH_KEY = "__arch__"  # same value as experiments.models.ARCH_KEY
-HEAD_NAME = "head"  # same value as experiments.models.HEAD_NAME
+ARCH_KEY = weights_format.ARCH_KEY
+HEAD_NAME = weights_format.HEAD_NAME
 
 _BN_LEAVES = {
     "weight": ("params", "scale"),
@@ -130,23 +132,11 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], arch: str) -> Dict[
     elif kind == "linear":
       value = value.T
     out["/".join((collection,) + module + (leaf,))] = np.ascontiguousarray(value, dtype=np.float32)
-  report = key_problems_report(f"State dict is not a torchvision {arch}:",
+  report = weights_format.key_problems_report(f"State dict is not a torchvision {arch}:",
                                [("missing", missing), ("unexpected", unexpected), ("malformed", malformed)])
   if report:
     raise ValueError(report)
   return out
-
-
-def key_problems_report(title: str, sections, limit: int = 20) -> str:
-  """`title`, then one line "  label (count): key, key, ... (n more)" per non-empty `(label, keys)` of `sections`
-  (at most `limit` keys shown); "" when every section is empty. Shared with `models.load_pretrained`."""
-  lines = [title]
-  for label, items in sections:
-    items = list(items)
-    if items:
-      more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-      lines.append(f"  {label} ({len(items)}): {', '.join(items[:limit])}{more}")
-  return "\n".join(lines) if len(lines) > 1 else ""
 
 
 def check_against_model(flat: Mapping[str, np.ndarray], arch: str) -> None:

@@ -42,15 +42,13 @@ import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict
 
-from experiments import convert_torchvision_weights
+from experiments import config as config_lib
+from experiments import weights_format
 
-MODELS = ("cnn", "resnet32", "resnet18", "resnet50", "mlp")
-PRETRAINABLE = ("resnet18", "resnet50")
-
-# Name of the classifier submodule in every model; `load_pretrained` never loads it.
-HEAD_NAME = "head"
-# Key of the architecture name stored in converted .npz files.
-ARCH_KEY = "__arch__"
+MODELS = config_lib.MODELS
+PRETRAINABLE = weights_format.PRETRAINABLE
+HEAD_NAME = weights_format.HEAD_NAME  # the classifier submodule of every model; `load_pretrained` never loads it
+ARCH_KEY = weights_format.ARCH_KEY  # the architecture name stored in converted .npz files
 
 # PyTorch's BatchNorm2d defaults: running = (1 - 0.1) * running + 0.1 * batch, eps 1e-5.
 BN_MOMENTUM = 0.9
@@ -406,7 +404,7 @@ def load_pretrained(variables, path: str, *, name: str):
       continue
     out[key] = jnp.asarray(value, dtype=leaf.dtype)
   unexpected = sorted(key for key in arrays if key not in flat and not _is_head(key))
-  report = convert_torchvision_weights.key_problems_report(
+  report = weights_format.key_problems_report(
       f"Cannot load {path} into model {name!r}:",
       [("missing from the file", missing), ("shape mismatches", mismatched), ("not in the model", unexpected)])
   if report:

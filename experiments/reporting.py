@@ -96,20 +96,41 @@ def results_table(results, ks):
   return "\n".join(lines)
 
 
+# Up to this many classes every point of the per-class plot is labelled with its class name; above it, only the
+# classes of lowest top-1 accuracy (LABELLED_WORST of them).
+LABEL_ALL_UP_TO = 20
+LABELLED_WORST = 8
+
+
+def classes_to_label(top1: np.ndarray) -> np.ndarray:
+  """Indices of the classes whose names the per-class plot writes next to their top-1 point."""
+  if len(top1) <= LABEL_ALL_UP_TO:
+    return np.arange(len(top1))
+  order = np.argsort(np.where(np.isnan(top1), np.inf, top1), kind="stable")
+  return np.sort(order[:LABELLED_WORST])
+
+
 def plot_per_class(results, path):
-  """PNG: per-class test accuracy against the class's training frequency (log scale)."""
+  """PNG: per-class test accuracy against the class's training frequency (log scale), the top-1 points labelled
+  with the class names (all of them up to `LABEL_ALL_UP_TO` classes, else the `LABELLED_WORST` worst)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   rows = results["per_class"]
+  names = list(rows)
   counts = np.array([r["train_count"] for r in rows.values()], np.float64)
   keys = sorted({k for r in rows.values() for k in r if k.endswith("_accuracy")},
                 key=lambda s: int(s[3:s.index("_")]))
-  fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
-  for key in keys:
+  fig, ax = plt.subplots(figsize=(7.2, 4.8), dpi=110)
+  for i, key in enumerate(keys):
     acc = np.array([np.nan if r[key] is None else r[key] for r in rows.values()], np.float64)
     ax.scatter(counts, 100 * acc, label=key.replace("_accuracy", "").replace("top", "top-"), s=22, alpha=0.8)
+    if i == 0:
+      for c in classes_to_label(acc):
+        if np.isfinite(acc[c]):
+          ax.annotate(names[c], (counts[c], 100 * acc[c]), xytext=(4, -3), textcoords="offset points", fontsize=6.5,
+                      alpha=0.9)
   ax.set_xscale("log")
   ax.set_xlabel("training images of the class (log scale)")
   ax.set_ylabel("test accuracy of the class (%)")

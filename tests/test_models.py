@@ -5,6 +5,7 @@ XLA:CPU the threefry initialisers of a ResNet take ~15 s to compile, the forward
 exercised on the CNN and on single blocks. The PyTorch comparisons run only where torch is importable.
 """
 import functools
+import os
 
 import flax.linen as nn
 import jax
@@ -18,6 +19,7 @@ import noised_topk_jax as ntk
 
 from experiments import convert_torchvision_weights as convert
 from experiments import models
+from experiments import weights_format
 
 IMAGE = {"cnn": (28, 28, 1), "resnet32": (32, 32, 3), "resnet18": (64, 64, 3), "resnet50": (64, 64, 3)}
 
@@ -654,8 +656,22 @@ def test_converter_command_line(tmp_path):
 
 
 def test_key_problems_report_lists_each_nonempty_section():
-  report = convert.key_problems_report("Bad:", [("missing", ["a", "b"]), ("unexpected", []),
+  report = weights_format.key_problems_report("Bad:", [("missing", ["a", "b"]), ("unexpected", []),
                                                 ("malformed", [f"k{i}" for i in range(23)])], limit=20)
   assert report.splitlines() == ["Bad:", "  missing (2): a, b",
                                  "  malformed (23): " + ", ".join(f"k{i}" for i in range(20)) + ", ... (3 more)"]
-  assert convert.key_problems_report("Bad:", [("missing", []), ("unexpected", ())]) == ""
+  assert weights_format.key_problems_report("Bad:", [("missing", []), ("unexpected", ())]) == ""
+
+
+def test_the_converter_and_the_name_lists_import_without_jax():
+  # The converter runs where only torch and NumPy exist; the models take the names from the same module.
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = ("import sys; import experiments.convert_torchvision_weights, experiments.config; "
+          "assert 'jax' not in sys.modules and 'flax' not in sys.modules, sorted(sys.modules)")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
+  assert models.HEAD_NAME == convert.HEAD_NAME == weights_format.HEAD_NAME
+  assert models.PRETRAINABLE == tuple(convert.ARCHS)
+  from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+  assert models.MODELS is config_lib.MODELS and config_lib.IMAGE_PROFILES == ntk.PROFILES
+

@@ -16,6 +16,7 @@ from experiments import checkpointing
 from experiments import config as config_lib
 from experiments import configs
 from experiments import input_pipeline
+from experiments import reporting
 from experiments import train_lib
 import noised_topk_jax as ntk
 from tests import fake_data
@@ -318,6 +319,14 @@ def test_synthetic_run_reports_its_regret(tmp_path):
   # The likelihood is optimal for macro top-K, the posterior for prior-weighted top-K (on the same test examples).
   assert bayes["likelihood"]["macro_top1_accuracy"] >= bayes["posterior"]["macro_top1_accuracy"]
   assert bayes["posterior"]["prior_weighted_top1_accuracy"] >= bayes["likelihood"]["prior_weighted_top1_accuracy"]
+
+
+def test_per_class_plot_labels_the_classes():
+  # Fashion-MNIST's 10 classes are all named on the plot; of 100 classes, the 8 of lowest top-1 accuracy.
+  np.testing.assert_array_equal(reporting.classes_to_label(np.linspace(0, 1, 10)), np.arange(10))
+  acc = np.random.default_rng(0).uniform(size=100)
+  acc[3] = np.nan
+  np.testing.assert_array_equal(reporting.classes_to_label(acc), np.sort(np.argsort(acc)[:8]))
 
 
 def test_host_side_label_check():
