@@ -10,6 +10,8 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from experiments import config as config_lib
+
 # Fields that may change between an interrupted run and its restart without changing what is trained.
 _RESTART_SAFE_FIELDS = ("log_every_steps", "eval_batch_size", "data_dir", "tfds_download", "distributed",
                         "coordinator_address", "num_processes", "process_id", "checkpoint_every_epochs")
@@ -33,7 +35,8 @@ class Checkpointer:
 
   def _check_config(self, config):
     path = os.path.join(self.directory, "config.json")
-    current = {k: v for k, v in config.to_dict().items() if k not in _RESTART_SAFE_FIELDS}
+    # Compared after validation, which resolves model_selection="auto" and selection_k=None.
+    current = {k: v for k, v in config_lib.validate(config).to_dict().items() if k not in _RESTART_SAFE_FIELDS}
     if os.path.exists(path):
       with open(path) as f:
         saved = json.load(f)

@@ -108,7 +108,7 @@ class Config:
   # Evaluation, model selection, bookkeeping.
   eval_ks: Tuple[int, ...] = (1, 2, 3)
   selection_k: Optional[int] = None  # K of the validation macro top-K used for model selection; None: the loss's k.
-  model_selection: str = "auto"
+  model_selection: str = "auto"  # `validate` resolves "auto" and selection_k=None (`_resolve_model_selection`).
   eval_every_epochs: int = 1
   checkpoint_every_epochs: int = 1
   log_every_steps: int = 50
@@ -204,12 +204,34 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   if config.pretrained_weights and config.model not in weights_format.PRETRAINABLE:
     raise ValueError(f"`pretrained_weights` needs model {' or '.join(weights_format.PRETRAINABLE)}, got "
                      f"{config.model!r}.")
-  if config.model_selection == "val_macro_topk" and config.dataset in ("cifar10_lt", "cifar100_lt"):
-    raise ValueError("`model_selection=val_macro_topk` needs a validation split; CIFAR-LT has none "
-                     "(its protocol reports the best test epoch: use best_test_epoch or last_epoch).")
   if config.distributed and (config.num_processes is None) != (config.process_id is None):
     raise ValueError("`num_processes` and `process_id` must be given together (or neither, for auto-detection).")
-  return config
+  return _resolve_model_selection(config)
+
+
+def has_validation_split(config: Config) -> bool:
+  """Whether the dataset of `config` has a validation split: Pl@ntNet-300K's official one, the balanced split of
+  Fashion-MNIST-LT and synthetic_lt unless `validation_per_class=0`; CIFAR-LT has none."""
+  if config.dataset in ("cifar10_lt", "cifar100_lt"):
+    return False
+  return config.dataset == "plantnet300k" or config.validation_per_class != 0
+
+
+def _resolve_model_selection(config: Config) -> Config:
+  """The one place that decides how the reported epoch is chosen: `model_selection="auto"` becomes the validation
+  macro top-K when there is a validation split, else the best test epoch (the CIFAR-LT protocol); `selection_k=None`
+  becomes the loss's K when it is one of `eval_ks`, else the largest of `eval_ks`. The trainer reads both fields."""
+  selection = config.model_selection
+  if selection == "auto":
+    selection = "val_macro_topk" if has_validation_split(config) else "best_test_epoch"
+  elif selection == "val_macro_topk" and not has_validation_split(config):
+    hint = (" (its protocol reports the best test epoch: use best_test_epoch or last_epoch)"
+            if config.dataset in ("cifar10_lt", "cifar100_lt") else " with validation_per_class=0")
+    raise ValueError(f"`model_selection=val_macro_topk` needs a validation split; {config.dataset} has none{hint}.")
+  k = config.selection_k
+  if k is None:
+    k = config.k if config.loss in LOSS_HYPERPARAMETERS["k"] and config.k in config.eval_ks else max(config.eval_ks)
+  return config.replace(model_selection=selection, selection_k=int(k))
 
 
 def synthetic_spec(config: Config) -> synthetic_lt.SyntheticSpec:
@@ -256,12 +278,3 @@ def loss_tau(config: Config) -> float:
 def logit_scale(config: Config) -> float:
   """The factor the loss applies to the logits (1 for unscaled losses)."""
   return float(config.scale) if config.loss in SCALED_LOSSES else 1.0
-
-
-def selection_k(config: Config) -> int:
-  """K of the macro top-K used for model selection."""
-  if config.selection_k is not None:
-    return config.selection_k
-  if config.loss in LOSS_HYPERPARAMETERS["k"] and config.k in config.eval_ks:
-    return config.k
-  return max(config.eval_ks)

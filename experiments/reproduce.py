@@ -29,6 +29,7 @@ from absl import flags
 from absl import logging
 
 from experiments import aggregate
+from experiments import flags_lib
 from experiments import grids
 
 FLAGS = flags.FLAGS
@@ -41,11 +42,8 @@ flags.DEFINE_boolean("aggregate_only", False, "Write the table from the finished
 flags.DEFINE_integer("num_workers", None, "Processes running the grid's runs in parallel, each pinned to one core "
                      "when there are at least as many cores (on a CPU, two 1-core runs beat one 2-core run). "
                      "Default: one per core on a CPU-only machine (at most 8), else 1.")
-# Same names and meaning as the training binary's flags (it skips defining them again when both are imported).
-for _name, _help in (("data_dir", "Dataset location, passed to every run."),
-                     ("pretrained_weights", "ResNet ImageNet weights (.npz), passed to every run.")):
-  if _name not in FLAGS:
-    flags.DEFINE_string(_name, None, _help)
+# The training binary's flags of the same names (experiments/flags_lib.py), passed to every run.
+flags_lib.define_config_flags(DATA_FLAGS := ("data_dir", "pretrained_weights"))
 flags.DEFINE_integer("worker_index", None, "Internal: this process runs runs[worker_index::num_workers].")
 
 
@@ -62,12 +60,7 @@ def _seeds(grid):
 
 
 def _data_changes():
-  changes = {}
-  if FLAGS.data_dir:
-    changes["data_dir"] = FLAGS.data_dir
-  if FLAGS.pretrained_weights:
-    changes["pretrained_weights"] = FLAGS.pretrained_weights
-  return changes
+  return {k: v for k, v in flags_lib.overrides_from_flags(DATA_FLAGS).items() if v}
 
 
 def run_command(grid, run, workdir_root, data_changes=None):

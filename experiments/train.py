@@ -8,11 +8,9 @@ r"""Trains a classifier with one of the library's losses.
 Results land in --workdir (printed at start): results.json, per_class_accuracy.png, tensorboard/, checkpoints/.
 Restarting an interrupted command resumes from its last checkpoint.
 """
-import dataclasses
 import os
 import re
 import sys
-import typing
 
 from absl import app
 from absl import flags
@@ -20,6 +18,7 @@ from absl import logging
 
 from experiments import config as config_lib
 from experiments import configs
+from experiments import flags_lib
 
 FLAGS = flags.FLAGS
 
@@ -28,80 +27,13 @@ flags.DEFINE_string("workdir", None, "Output directory. Default: workdirs/<prese
 flags.DEFINE_boolean("traceback", False, "On a configuration or missing-dataset error, show the Python traceback "
                      "too (default: the message alone).")
 
-_HELP = {
-    "dataset": f"One of {config_lib.DATASETS}.",
-    "data_dir": "Dataset location: the Fashion-MNIST IDX folder, the TFDS data_dir (CIFAR) or the Pl@ntNet-300K root.",
-    "imbalance_profile": "Long-tailed profile of the training subset: exp or step.",
-    "imbalance_ratio": "rho = n_max / n_min of the long-tailed training subset.",
-    "loss": f"One of {config_lib.LOSSES}.",
-    "k": "K of the top-K losses (noised, hinge, smooth SVM).",
-    "epsilon": "Noise scale of the noised top-K losses.",
-    "num_samples": "Monte Carlo draws B of the noised top-K losses.",
-    "antithetic": "Draw the noised losses' B samples as B/2 antithetic pairs Z, -Z (B even).",
-    "max_margin": "Margin of the rarest class (LDAM, MM-LDAM uses 0.5 internally, imbalanced noised).",
-    "scale": "Logit scale (LDAM, MM, imbalanced noised).",
-    "gamma": "Focal loss gamma.",
-    "tau": "Temperature of smooth_svm (default 0.1) or of logit_adjusted (default 1.0).",
-    "logit_adjustment_tau": ("Add tau * log(class prior) to the logits of the loss during training (logit adjustment "
-                             "of any loss; divided by the scale for ldam/mm/noised_imbalanced). 0: off."),
-    "posthoc_tau": ("Evaluate with logits - tau * log(class prior) (post-hoc logit adjustment; divided by the scale "
-                    "for scaled losses). 0: off. results.json records it."),
-    "mm_delta_minus": "MM loss delta^-.",
-    "mm_beta": "MM loss beta (delta^+ = beta delta^-).",
-    "mm_reference_code_compat": "Reproduce the released MM code's two quirks.",
-    "train_rule": f"One of {config_lib.TRAIN_RULES}.",
-    "model": f"One of {config_lib.MODELS}.",
-    "normalized_head": "Cosine (normalized) classifier head instead of a linear one.",
-    "eval_ks": "The K of the reported top-K metrics, comma-separated.",
-    "lr_decay_epochs": "Epochs (0-indexed) at which the learning rate is multiplied by lr_decay_factor.",
-    "pretrained_weights": "A .npz of ImageNet weights made by experiments.convert_torchvision_weights.",
-    "max_steps_per_epoch": "Truncate every epoch (smoke tests only).",
-}
-
-
-def _base_type(annotation):
-  origin = typing.get_origin(annotation)
-  if origin is typing.Union:
-    return _base_type(next(a for a in typing.get_args(annotation) if a is not type(None)))
-  if origin in (tuple, typing.Tuple):
-    return tuple
-  return annotation
-
-
-_FIELD_TYPES = {f.name: _base_type(f.type) for f in dataclasses.fields(config_lib.Config)}
-
-for _name, _type in _FIELD_TYPES.items():
-  if _name in FLAGS:  # Already defined by experiments.reproduce (data_dir, pretrained_weights): same meaning.
-    continue
-  _help = _HELP.get(_name, _name.replace("_", " ").capitalize() + ".") + " Overrides the preset."
-  if _type is bool:
-    flags.DEFINE_boolean(_name, None, _help)
-  elif _type is int:
-    flags.DEFINE_integer(_name, None, _help)
-  elif _type is float:
-    flags.DEFINE_float(_name, None, _help)
-  elif _type is tuple:
-    flags.DEFINE_list(_name, None, _help)
-  else:
-    flags.DEFINE_string(_name, None, _help)
-
-
-def _parse_tuple(name, values):
-  try:
-    return tuple(int(v) for v in values if v != "")
-  except ValueError as e:
-    raise ValueError(f"--{name} must be a comma-separated list of integers, got {values}.") from e
+flags_lib.define_config_flags()
 
 
 def config_from_flags():
   """The preset named by --config with every explicitly given flag applied; returns (config, overrides)."""
   preset = configs.get_preset(FLAGS.config)
-  overrides = {}
-  for name, type_ in _FIELD_TYPES.items():
-    value = getattr(FLAGS, name)
-    if value is None:
-      continue
-    overrides[name] = _parse_tuple(name, value) if type_ is tuple else value
+  overrides = flags_lib.overrides_from_flags()
   config = preset.config.replace(**overrides)
   return config_lib.validate(config, explicitly_set=set(overrides)), overrides
 

@@ -300,14 +300,6 @@ def _logit_adjustment_record(config):
   return {"training_tau": training_tau, "posthoc_tau": config.posthoc_tau, "evaluated_logits": evaluated}
 
 
-def resolve_model_selection(config, dataset):
-  if config.model_selection != "auto":
-    if config.model_selection == "val_macro_topk" and not dataset.has_validation:
-      raise ValueError(f"`model_selection=val_macro_topk` needs a validation split; {dataset.name} has none here.")
-    return config.model_selection
-  return "val_macro_topk" if dataset.has_validation else "best_test_epoch"
-
-
 def _check_against_dataset(config, dataset, loss_fn, num_devices):
   num_classes = dataset.num_classes
   bad = [k for k in config.eval_ks if k > num_classes]
@@ -373,8 +365,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   class_counts = np.asarray(dataset.train_class_counts)
   loss_fn = make_loss_fn(config, class_counts)
   _check_against_dataset(config, dataset, loss_fn, devices)
-  selection = resolve_model_selection(config, dataset)
-  sel_k = config_lib.selection_k(config)
+  selection, sel_k = config.model_selection, config.selection_k  # resolved by config_lib.validate
+  if selection == "val_macro_topk" and not dataset.has_validation:
+    raise ValueError(f"`model_selection=val_macro_topk` needs a validation split; {dataset.name} has none here.")
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)

@@ -1,0 +1,109 @@
+"""The command-line flags of the binaries, generated from the `Config` dataclass in one place.
+
+`experiments.train` defines one flag per config field (`define_config_flags()`); `experiments.reproduce` defines the
+data flags it passes to every run (`define_config_flags(("data_dir", "pretrained_weights"))`). Both go through
+`define_config_flags`, which defines each field once per process with the same help text and type, so the two
+binaries can be imported together (the tests do). Flags default to None, meaning "the preset's value".
+"""
+import dataclasses
+import typing
+
+from absl import flags
+
+from experiments import config as config_lib
+
+FLAGS = flags.FLAGS
+
+HELP = {
+    "dataset": f"One of {config_lib.DATASETS}.",
+    "data_dir": "Dataset location: the Fashion-MNIST IDX folder, the TFDS data_dir (CIFAR) or the Pl@ntNet-300K root.",
+    "imbalance_profile": "Long-tailed profile of the training subset: exp or step (synthetic_lt also: power, plantnet).",
+    "imbalance_ratio": "rho = n_max / n_min of the long-tailed training subset.",
+    "loss": f"One of {config_lib.LOSSES}.",
+    "k": "K of the top-K losses (noised, hinge, smooth SVM).",
+    "epsilon": "Noise scale of the noised top-K losses.",
+    "num_samples": "Monte Carlo draws B of the noised top-K losses.",
+    "antithetic": "Draw the noised losses' B samples as B/2 antithetic pairs Z, -Z (B even).",
+    "max_margin": "Margin of the rarest class (LDAM, MM-LDAM uses 0.5 internally, imbalanced noised).",
+    "scale": "Logit scale (LDAM, MM, imbalanced noised).",
+    "gamma": "Focal loss gamma.",
+    "tau": "Temperature of smooth_svm (default 0.1) or of logit_adjusted (default 1.0).",
+    "logit_adjustment_tau": ("Add tau * log(class prior) to the logits of the loss during training (logit adjustment "
+                             "of any loss; divided by the scale for ldam/mm/noised_imbalanced). 0: off."),
+    "posthoc_tau": ("Evaluate with logits - tau * log(class prior) (post-hoc logit adjustment; divided by the scale "
+                    "for scaled losses). 0: off. results.json records it."),
+    "mm_delta_minus": "MM loss delta^-.",
+    "mm_beta": "MM loss beta (delta^+ = beta delta^-).",
+    "mm_reference_code_compat": "Reproduce the released MM code's two quirks.",
+    "train_rule": f"One of {config_lib.TRAIN_RULES}.",
+    "model": f"One of {config_lib.MODELS}.",
+    "normalized_head": "Cosine (normalized) classifier head instead of a linear one.",
+    "eval_ks": "The K of the reported top-K metrics, comma-separated.",
+    "lr_decay_epochs": "Epochs (0-indexed) at which the learning rate is multiplied by lr_decay_factor.",
+    "pretrained_weights": "A .npz of ImageNet weights made by experiments.convert_torchvision_weights.",
+    "max_steps_per_epoch": "Truncate every epoch (smoke tests only).",
+    "synthetic_num_classes": "synthetic_lt: number of classes L.",
+    "synthetic_num_genera": "synthetic_lt: number of genera (families of confusable classes).",
+    "synthetic_dim": "synthetic_lt: dimension of the latent Gaussian and of the observations.",
+    "synthetic_genus_spread": "synthetic_lt: std of the genus centres (per dimension).",
+    "synthetic_species_spread": "synthetic_lt: std of a class mean around its genus centre.",
+    "synthetic_max_count": "synthetic_lt: training examples of the most frequent class.",
+    "synthetic_test_per_class": "synthetic_lt: test examples per class (balanced test split).",
+    "synthetic_map_layers": "synthetic_lt: leaky-ReLU layers of the invertible observation map.",
+    "synthetic_negative_slope": "synthetic_lt: slope of the map's leaky ReLU, in (0, 1].",
+    "mlp_widths": "Hidden layer widths of model=mlp, comma-separated.",
+    "subset_seed": "Seed of the long-tailed subset and validation split (synthetic_lt: of the generator).",
+}
+
+
+def _base_type(annotation):
+  origin = typing.get_origin(annotation)
+  if origin is typing.Union:
+    return _base_type(next(a for a in typing.get_args(annotation) if a is not type(None)))
+  if origin in (tuple, typing.Tuple):
+    return tuple
+  return annotation
+
+
+
+FIELD_TYPES = {f.name: _base_type(f.type) for f in dataclasses.fields(config_lib.Config)}
+_DEFINED = set()
+
+
+def define_config_flags(names=None):
+  """Defines the flags of the config fields `names` (default: every field) that this module has not defined yet."""
+  for name in FIELD_TYPES if names is None else names:
+    if name in _DEFINED:
+      continue
+    _DEFINED.add(name)
+    type_ = FIELD_TYPES[name]
+    help_ = HELP.get(name, name.replace("_", " ").capitalize() + ".") + " Overrides the preset."
+    if type_ is bool:
+      flags.DEFINE_boolean(name, None, help_)
+    elif type_ is int:
+      flags.DEFINE_integer(name, None, help_)
+    elif type_ is float:
+      flags.DEFINE_float(name, None, help_)
+    elif type_ is tuple:
+      flags.DEFINE_list(name, None, help_)
+    else:
+      flags.DEFINE_string(name, None, help_)
+
+
+def _parse_tuple(name, values):
+  try:
+    return tuple(int(v) for v in values if v != "")
+  except ValueError as e:
+    raise ValueError(f"--{name} must be a comma-separated list of integers, got {values}.") from e
+
+
+def overrides_from_flags(names=None):
+  """`{field: value}` of the config flags given on the command line (of `names`, default every defined one)."""
+  overrides = {}
+  for name in sorted(_DEFINED) if names is None else names:
+    type_ = FIELD_TYPES[name]
+    value = getattr(FLAGS, name)
+    if value is None:
+      continue
+    overrides[name] = _parse_tuple(name, value) if type_ is tuple else value
+  return overrides
