@@ -1,6 +1,7 @@
 r"""Runs a grid of presets x seeds and writes the paper-style table, a CSV and plots.
 
-  python -m experiments.reproduce --grid=fashion_mnist_lt                 # 120 runs: 71 min on 2 CPU cores
+  python -m experiments.reproduce --grid=fashion_mnist_lt                 # 150 runs: 38 min on 2 CPU cores
+  python -m experiments.reproduce --grid=synthetic_lt                     # 75 runs, regret vs the Bayes optimum
   python -m experiments.reproduce --grid=mm_table1 --dry_run              # prints the 264 training commands
   python -m experiments.reproduce --grid=plantnet_table --data_dir=... --pretrained_weights=...
 
