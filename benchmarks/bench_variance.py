@@ -174,10 +174,7 @@ def main():
       spread = vals.std(axis=0, ddof=1) if len(seeds) > 1 else np.zeros(3)
       lines.append(f"| {label} | " + " | ".join(f"{m:.2f} ± {sd:.2f}" for m, sd in zip(vals.mean(0), spread))
                    + " | " + "; ".join(" / ".join(f"{v:.2f}" for v in row) for row in vals) + " |")
-  text = "\n".join(lines)
-  print(text)
-  if not args.quick:
-    common.write_section(f"bench_variance:{jax.default_backend()}", text)
+  common.report(f"bench_variance:{jax.default_backend()}", "\n".join(lines), write=not args.quick)
 
 
 if __name__ == "__main__":

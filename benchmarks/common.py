@@ -91,3 +91,11 @@ def write_section(name, text, path=RESULTS):
   new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
   with open(path, "w") as f:
     f.write(new)
+
+
+def report(name, text, *, write):
+  """Prints a benchmark's Markdown section and, with `write`, stores it as section `name` of RESULTS.md."""
+  print(text)
+  if write:
+    write_section(name, text)
+

@@ -85,10 +85,7 @@ def main():
   for name, _, rel, mean_rel in rows:
     lines.append(f"| {name} | " + " | ".join(f"{rel[s]:.1e}" if s in rel else "" for s in shown)
                  + f" | {mean_rel:.1e} |")
-  text = "\n".join(lines)
-  print(text)
-  if not args.quick:
-    common.write_section(f"device_drift:{jax.default_backend()}", text)
+  common.report(f"device_drift:{jax.default_backend()}", "\n".join(lines), write=not args.quick)
 
 
 if __name__ == "__main__":

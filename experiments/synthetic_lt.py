@@ -53,7 +53,7 @@ SPLITS = ("train", "val", "test")
 @dataclasses.dataclass(frozen=True)
 class SyntheticSpec:
   """The generator's settings; `Config` fields `synthetic_*`, `imbalance_*`, `validation_per_class` and
-  `subset_seed` map onto them (`from_config`)."""
+  `subset_seed` map onto them (`config.synthetic_spec`)."""
   num_classes: int = 100
   num_genera: int = 10
   latent_dim: int = 8
