@@ -133,7 +133,7 @@ def _memory(fn, *args):
 
 def _memory_row(logits, labels, margins, k, num_samples):
   args = (jnp.asarray(logits), jax.random.key(0))
-  auto = _selection._resolve_selection("auto", k + 1)  # pylint: disable=protected-access
+  auto = _selection._resolve_selection("auto")  # pylint: disable=protected-access
   custom = lambda s, key: jax.value_and_grad(lambda x: jnp.mean(ntk.noised_topk_loss(
       x, labels, k=k, epsilon=EPSILON, num_samples=num_samples, margins=margins, scale=SCALE, key=key)))(s)
   plain = lambda s, key: jax.value_and_grad(functools.partial(
@@ -182,7 +182,7 @@ def run(shapes, *, repeats, variants, max_seconds, dtype="float32"):
     print(f"{(n, num_classes, num_samples, k)}: " + ", ".join(f"{name} {v:.3f} ms" for name, v in t.items()),
           flush=True)
   load_after = common.load_average()
-  auto = _selection._resolve_selection("auto", 2)  # pylint: disable=protected-access
+  auto = _selection._resolve_selection("auto")  # pylint: disable=protected-access
   text = _format(header, rows, detail_rows, memory_rows, variants, auto, repeats, load_before, load_after)
   return text if dtype == "float32" else text.replace(
       "## Noised top-K loss: forward + backward", f"## Noised top-K loss: forward + backward, {dtype} scores", 1)

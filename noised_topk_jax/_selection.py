@@ -36,8 +36,8 @@ SELECTIONS = ("auto", "top_k", "sort", "max_mask", "tournament", "approx_max_k")
 _AUTO_SELECTION = {"cpu": "tournament"}
 
 
-def _resolve_selection(selection, k):
-  del k  # "tournament" itself falls back to passes where ranking all pairs does not pay (see `_tournament_layout`).
+def _resolve_selection(selection):
+  """The algorithm `selection` names ("auto": the one measured fastest on this backend, see `_AUTO_SELECTION`)."""
   if selection not in SELECTIONS:
     raise ValueError(f"`selection` must be one of {SELECTIONS}, got {selection!r}.")
   if selection != "auto":

@@ -63,7 +63,7 @@ def kth_largest(scores: ArrayLike, k: int, *, selection: str = "auto") -> jax.Ar
   scores = _checks.check_scores(scores)
   num_classes = scores.shape[-1]
   k = _checks.check_int(k, "k", minimum=1, maximum=num_classes, maximum_doc=f"the number of classes L={num_classes}")
-  idx = _selection._select_kth(lax.stop_gradient(scores), k, _selection._resolve_selection(selection, k))
+  idx = _selection._select_kth(lax.stop_gradient(scores), k, _selection._resolve_selection(selection))
   return _selection._take_last(scores, idx)
 
 
@@ -189,7 +189,7 @@ def noised_kth_largest(scores: ArrayLike, k: int, *, epsilon: ArrayLike, num_sam
   k = _checks.check_int(k, "k", minimum=1, maximum=num_classes, maximum_doc=f"the number of classes L={num_classes}")
   _checks.check_scalar(epsilon, "epsilon")
   _checks.check_nonnegative(epsilon, "epsilon")
-  selection = _selection._resolve_selection(selection, k)
+  selection = _selection._resolve_selection(selection)
   noise = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise, antithetic=antithetic)
   return _noised_kth_jit(scores, lax.stop_gradient(noise), epsilon, k, selection)
 

@@ -46,15 +46,15 @@ def test_selections_list_every_variant():
                                           ("tpu", "top_k"), ("some_new_backend", "top_k")])
 def test_auto_picks_per_backend_and_stays_overridable(monkeypatch, backend, want):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  assert _selection._resolve_selection("auto", 6) == want
+  assert _selection._resolve_selection("auto") == want
   for variant in VARIANTS:
-    assert _selection._resolve_selection(variant, 6) == variant
+    assert _selection._resolve_selection(variant) == variant
 
 
 def test_auto_on_this_backend():
   backend = jax.default_backend()
   want = {"cpu": "tournament"}.get(backend, "top_k")
-  assert _selection._resolve_selection("auto", 3) == want
+  assert _selection._resolve_selection("auto") == want
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu", "some_new_backend"])
