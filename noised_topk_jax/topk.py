@@ -86,40 +86,42 @@ def _fwd_output(scores, epsilon, selected):
   value = jnp.mean(values, axis=0).astype(scores.dtype)
   # Only the selected positions (and the noise there, for d/d epsilon) are kept for the backward pass, not the
   # perturbed [B, ..., L] tensor.
-  # `marker` carries the class count and dtype as static shape information.
-  marker = jnp.zeros((scores.shape[-1],), scores.dtype)
-  return value, (idx, z_selected, marker, jnp.asarray(epsilon))
+  return value, (idx, z_selected, jnp.asarray(epsilon))
 
 
-def _bwd_grads(residuals, g):
-  idx, z_selected, dtype_marker, epsilon = residuals
-  num_samples, num_classes = idx.shape[0], dtype_marker.shape[0]
-  cdtype = _checks.compute_dtype(dtype_marker.dtype)
+def _bwd_grads(num_classes, dtype, residuals, g):
+  """Gradients for the scores (of `dtype`, `num_classes` along the last axis) and epsilon from the residuals."""
+  idx, z_selected, epsilon = residuals
+  num_samples = idx.shape[0]
+  cdtype = _checks.compute_dtype(dtype)
   iota = lax.broadcasted_iota(jnp.int32, idx.shape[1:] + (num_classes,), idx.ndim - 1)
-  # Mean over samples of the one-hot at each selected position: every row sums to 1 and is a multiple of 1/B.
-  counts = jnp.zeros(idx.shape[1:] + (num_classes,), cdtype)
-  for b in range(num_samples):
-    counts = counts + (iota == idx[b][..., None]).astype(cdtype)
+  # Mean over samples of the one-hot at each selected position: every row sums to 1 and is a multiple of 1/B. The
+  # counts are summed as integers: XLA:CPU vectorizes an int32 reduction over the sample axis, not a float one
+  # (measured 12-55x slower than the int32 sum on CPU at L = 1081, B = 5 and 30).
+  counts = jnp.sum(iota == idx[..., None], axis=0, dtype=jnp.int32).astype(cdtype)
   g_c = g.astype(cdtype)
-  grad_scores = (g_c[..., None] * counts * (1.0 / num_samples)).astype(dtype_marker.dtype)
+  grad_scores = (g_c[..., None] * counts * (1.0 / num_samples)).astype(dtype)
   grad_eps = jnp.sum(g_c * jnp.mean(z_selected, axis=0))
   grad_eps = jnp.broadcast_to(grad_eps, epsilon.shape).astype(epsilon.dtype) if jnp.issubdtype(
       epsilon.dtype, jnp.floating) else None
   return grad_scores, grad_eps
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _noised_kth(scores, noise, epsilon, k, selection):
-  return _noised_kth_fwd(scores, noise, epsilon, k, selection)[0]
+# The class count and the dtype of the scores are static arguments (`scores.shape[-1]`, `scores.dtype`): the backward
+# pass builds the gradient of the scores from them and the selected indices.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _noised_kth(scores, noise, epsilon, k, selection, num_classes, dtype):
+  return _noised_kth_fwd(scores, noise, epsilon, k, selection, num_classes, dtype)[0]
 
 
-def _noised_kth_fwd(scores, noise, epsilon, k, selection):
+def _noised_kth_fwd(scores, noise, epsilon, k, selection, num_classes, dtype):
+  del num_classes, dtype
   return _fwd_output(scores, epsilon, _perturbed_selection(scores, noise, epsilon, k, selection))
 
 
-def _noised_kth_bwd(k, selection, residuals, g):
+def _noised_kth_bwd(k, selection, num_classes, dtype, residuals, g):
   del k, selection
-  grad_scores, grad_eps = _bwd_grads(residuals, g)
+  grad_scores, grad_eps = _bwd_grads(num_classes, dtype, residuals, g)
   return grad_scores, None, grad_eps
 
 
@@ -127,7 +129,7 @@ _noised_kth.defvjp(_noised_kth_fwd, _noised_kth_bwd)
 
 
 # Compiled as a whole also when called eagerly (under an outer `jit` they are inlined).
-_noised_kth_jit = jax.jit(_noised_kth, static_argnums=(3, 4))
+_noised_kth_jit = jax.jit(_noised_kth, static_argnums=(3, 4, 5, 6))
 
 
 def noised_kth_largest(scores: ArrayLike, k: int, *, epsilon: ArrayLike, num_samples: Optional[int] = None,
@@ -191,7 +193,7 @@ def noised_kth_largest(scores: ArrayLike, k: int, *, epsilon: ArrayLike, num_sam
   _checks.check_nonnegative(epsilon, "epsilon")
   selection = _selection._resolve_selection(selection)
   noise = _resolve_noise(scores, num_samples=num_samples, key=key, noise=noise, antithetic=antithetic)
-  return _noised_kth_jit(scores, lax.stop_gradient(noise), epsilon, k, selection)
+  return _noised_kth_jit(scores, lax.stop_gradient(noise), epsilon, k, selection, num_classes, scores.dtype)
 
 
 def _resolve_noise(scores, *, num_samples, key, noise, antithetic=False):
