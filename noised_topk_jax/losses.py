@@ -28,9 +28,9 @@ def _label_value(x, labels):
   return jnp.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
 
 
-def _per_class(values, labels, num_classes, name, dtype):
-  """Per-example value of a scalar-or-per-class hyperparameter."""
-  values = _checks.per_class_array(values, num_classes, name, allow_scalar=True)
+def _per_class(values, labels, num_classes, name, dtype, *, allow_scalar=True):
+  """Per-example value of a scalar-or-per-class hyperparameter (per-class only unless `allow_scalar`)."""
+  values = _checks.per_class_array(values, num_classes, name, allow_scalar=allow_scalar)
   values = jnp.asarray(values, dtype)
   if values.ndim == 0:
     return values
@@ -151,9 +151,8 @@ def ldam_loss(logits: ArrayLike, labels: ArrayLike, *, margins: ArrayLike, scale
   """
   logits, labels, dtype, x = _prepare(logits, labels)
   num_classes = x.shape[-1]
-  _checks.per_class_array(margins, num_classes, "margins", allow_scalar=False)
+  m_y = _per_class(margins, labels, num_classes, "margins", x.dtype, allow_scalar=False)
   _checks.check_scalar(scale, "scale")
-  m_y = _per_class(margins, labels, num_classes, "margins", x.dtype)
   shifted = x - m_y[..., None] * _onehot(labels, num_classes, x.dtype)
   return _ce(scale * shifted, labels).astype(dtype)
 
@@ -315,8 +314,6 @@ def noised_topk_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, epsilon: A
   k = _check_k_plus_one(k, x.shape[-1])
   _checks.check_scalar(scale, "scale")
   m_y = _per_class(margins, labels, x.shape[-1], "margins", x.dtype)
-  if noise is not None and hasattr(noise, "shape") and noise.ndim == x.ndim + 1:
-    noise = noise.astype(x.dtype) if jnp.issubdtype(noise.dtype, jnp.floating) else noise
   top = _topk.noised_kth_largest(x, k + 1, epsilon=epsilon, num_samples=num_samples, key=key, noise=noise,
                                  selection=selection, antithetic=antithetic)
   return (scale * jax.nn.relu(m_y + top - _label_value(x, labels))).astype(dtype)
