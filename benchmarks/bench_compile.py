@@ -32,9 +32,15 @@ SHAPES = ((32, 1081, 1), (32, 1081, 5), (32, 10, 1), (32, 10, 5))
 TAU, ALPHA = 0.1, 1.0
 
 BEFORE_COMMIT = "8ac44ff"
-# (N, L, k) -> (trace + lower s, XLA compile s, ms per step) of the code at BEFORE_COMMIT, on the machine and day of
-# the section below.
-BEFORE = {}
+# (N, L, k) -> (trace + lower s, XLA compile s, ms per step) of the library at BEFORE_COMMIT, measured by this script
+# (`--compiles 3 --rounds 50`) on 2026-12-01 23:34 on the 2-core Intel Xeon of the section in RESULTS.md, load average
+# 2.25 before and 3.76 after (other jobs running), just before the run of the section.
+BEFORE = {
+    (32, 1081, 1): (0.465, 2.955, 12.163),
+    (32, 1081, 5): (1.191, 13.044, 28.749),
+    (32, 10, 1): (0.219, 1.209, 0.4313),
+    (32, 10, 5): (0.424, 4.483, 0.7626),
+}
 
 
 def _inputs(n, num_classes, seed=0):
