@@ -17,6 +17,18 @@ scores the lowest index ranks first, as in `jax.lax.top_k`:
   k-th value, then the index of that value in the order above.
 - "auto": "tournament" on CPU, where it was measured faster (benchmarks/RESULTS.md); the standard `jax.lax.top_k`
   on every other backend (`jax.default_backend()`), where no variant has been measured yet.
+
+This module holds the operators, the custom VJP and the resolution of `key` / `noise` into draws; the selection
+algorithms are in `noised_topk_jax/_selection.py`, the noise generator in `noised_topk_jax/_noise.py`.
+
+The B samples are a leading axis of one selection over `[B, ..., L]` (broadcasting), not `jax.vmap` of a
+single-sample operator. Measured (benchmarks/RESULTS.md, "Noised operator: broadcast over the B samples against
+jax.vmap", 2026-12-01, 2-core Intel Xeon CPU; value-and-grad at the five shapes of `bench_noised_topk.py`, k = K + 1):
+vmap takes 2.67x, 3.55x and 3.45x the time at (N, L, B) = (32, 1081, 5), (256, 1081, 5) and (32, 1081, 30) (0.70
+against 2.03 ms, 4.75 against 16.90, 3.46 against 11.95), and 1.05x and 1.10x at (128, 100, 10) and (128, 10, 5),
+for the same values; compiled temporaries + outputs are equal (0.96, 7.65, 5.08 and 0.66 MiB) except at
+(128, 10, 5), 0.01 MiB broadcast against 0.03. vmap's transpose adds the B per-sample gradients as floats, where the
+backward pass here counts the B one-hots as integers.
 """
 import functools
 from typing import Optional
