@@ -351,8 +351,8 @@ def _assert_branches(logits, k, tau, hard_rows):
 
 
 # The library's log-space recursion is traced per (shape, k) (log2(L) levels; a second or two to compile on CPU): few
-# shapes and ks, and one cached jitted function per hyperparameter set. Every batch mixes rows in the smooth regime with rows past the hard
-# switch (label among the boosted top k, or not).
+# shapes and ks, and one cached jitted function per hyperparameter set. Every batch mixes rows in the smooth regime
+# with rows past the hard switch (label among the boosted top k, or not).
 SVM_CASES = [((4, 3), 1, 1.0, 1.0), ((6, 10), 3, 0.1, 1.0), ((2, 3, 10), 2, 0.5, 0.5), ((8, 5), 4, 2.0, 1.0),
              ((3, 100), 2, 0.5, 2.0)]
 SVM_PARAMS = [(case, "alternate", use_jit) for i, case in enumerate(SVM_CASES)
