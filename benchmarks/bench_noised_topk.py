@@ -33,7 +33,8 @@ from jax import lax  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 import noised_topk_jax as ntk  # pylint: disable=wrong-import-position
-from noised_topk_jax import topk as ntk_topk  # pylint: disable=wrong-import-position
+from noised_topk_jax import _noise  # pylint: disable=wrong-import-position
+from noised_topk_jax import _selection  # pylint: disable=wrong-import-position
 
 # (N examples, L classes, B samples, K) of the issue: Pl@ntNet-300K (L = 1081) at batch 32 and 256, with B = 30,
 # CIFAR-100 and CIFAR-10 sized heads.
@@ -66,7 +67,7 @@ def _naive_loss(logits, labels, margins, key, *, k, num_samples, autodiff_select
   if autodiff_selection == "top_k":
     kth = lax.top_k(perturbed, k + 1)[0][..., k]
   else:  # The library's selection, but plain autodiff through the gather instead of the custom VJP.
-    select_kth = ntk_topk._select_kth  # pylint: disable=protected-access
+    select_kth = _selection._select_kth  # pylint: disable=protected-access
     idx = select_kth(lax.stop_gradient(perturbed), k + 1, autodiff_selection)
     kth = jnp.take_along_axis(perturbed, idx[..., None], axis=-1)[..., 0]
   top = jnp.mean(kth, axis=0)
@@ -82,7 +83,7 @@ def _naive_step(labels, margins, k, num_samples, autodiff_selection):
 def _noise_step(shape, generator):
   if generator == "jax":
     return jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32))
-  return jax.jit(lambda key: ntk_topk._standard_normal(key, shape, jnp.float32))  # pylint: disable=protected-access
+  return jax.jit(lambda key: _noise._standard_normal(key, shape, jnp.float32))  # pylint: disable=protected-access
 
 
 class _FreshKeys:
@@ -132,7 +133,7 @@ def _memory(fn, *args):
 
 def _memory_row(logits, labels, margins, k, num_samples):
   args = (jnp.asarray(logits), jax.random.key(0))
-  auto = ntk_topk._resolve_selection("auto", k + 1)  # pylint: disable=protected-access
+  auto = _selection._resolve_selection("auto")  # pylint: disable=protected-access
   custom = lambda s, key: jax.value_and_grad(lambda x: jnp.mean(ntk.noised_topk_loss(
       x, labels, k=k, epsilon=EPSILON, num_samples=num_samples, margins=margins, scale=SCALE, key=key)))(s)
   plain = lambda s, key: jax.value_and_grad(functools.partial(
@@ -181,7 +182,7 @@ def run(shapes, *, repeats, variants, max_seconds, dtype="float32"):
     print(f"{(n, num_classes, num_samples, k)}: " + ", ".join(f"{name} {v:.3f} ms" for name, v in t.items()),
           flush=True)
   load_after = common.load_average()
-  auto = ntk_topk._resolve_selection("auto", 2)  # pylint: disable=protected-access
+  auto = _selection._resolve_selection("auto")  # pylint: disable=protected-access
   text = _format(header, rows, detail_rows, memory_rows, variants, auto, repeats, load_before, load_after)
   return text if dtype == "float32" else text.replace(
       "## Noised top-K loss: forward + backward", f"## Noised top-K loss: forward + backward, {dtype} scores", 1)

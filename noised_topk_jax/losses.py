@@ -28,9 +28,9 @@ def _label_value(x, labels):
   return jnp.take_along_axis(x, labels[..., None], axis=-1)[..., 0]
 
 
-def _per_class(values, labels, num_classes, name, dtype):
-  """Per-example value of a scalar-or-per-class hyperparameter."""
-  values = _checks.per_class_array(values, num_classes, name, allow_scalar=True)
+def _per_class(values, labels, num_classes, name, dtype, *, allow_scalar=True):
+  """Per-example value of a scalar-or-per-class hyperparameter (per-class only unless `allow_scalar`)."""
+  values = _checks.per_class_array(values, num_classes, name, allow_scalar=allow_scalar)
   values = jnp.asarray(values, dtype)
   if values.ndim == 0:
     return values
@@ -151,9 +151,8 @@ def ldam_loss(logits: ArrayLike, labels: ArrayLike, *, margins: ArrayLike, scale
   """
   logits, labels, dtype, x = _prepare(logits, labels)
   num_classes = x.shape[-1]
-  _checks.per_class_array(margins, num_classes, "margins", allow_scalar=False)
+  m_y = _per_class(margins, labels, num_classes, "margins", x.dtype, allow_scalar=False)
   _checks.check_scalar(scale, "scale")
-  m_y = _per_class(margins, labels, num_classes, "margins", x.dtype)
   shifted = x - m_y[..., None] * _onehot(labels, num_classes, x.dtype)
   return _ce(scale * shifted, labels).astype(dtype)
 
@@ -315,8 +314,6 @@ def noised_topk_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, epsilon: A
   k = _check_k_plus_one(k, x.shape[-1])
   _checks.check_scalar(scale, "scale")
   m_y = _per_class(margins, labels, x.shape[-1], "margins", x.dtype)
-  if noise is not None and hasattr(noise, "shape") and noise.ndim == x.ndim + 1:
-    noise = noise.astype(x.dtype) if jnp.issubdtype(noise.dtype, jnp.floating) else noise
   top = _topk.noised_kth_largest(x, k + 1, epsilon=epsilon, num_samples=num_samples, key=key, noise=noise,
                                  selection=selection, antithetic=antithetic)
   return (scale * jax.nn.relu(m_y + top - _label_value(x, labels))).astype(dtype)
@@ -336,26 +333,28 @@ def _log_elementary_symmetric(x, k, log_zero):
   `prod_i (1 + exp(x_i) t)` truncated at degree k: each level multiplies pairs of polynomials (a log-space
   convolution of their coefficients), so the depth is log2(n) instead of a length-n sequential scan.
   `log_zero` is a large negative finite number standing for log(0), so gradients never meet `-inf - -inf`.
+  Each level is a fixed handful of XLA operations whatever k, so compile time grows with log2(n) only.
   """
   n = x.shape[-1]
   batch = x.shape[:-1]
+  width = k + 1
   # coeffs[..., i, j]: log coefficient of t^j of the i-th polynomial.
-  coeffs = jnp.full(batch + (n, k + 1), log_zero, x.dtype)
+  coeffs = jnp.full(batch + (n, width), log_zero, x.dtype)
   coeffs = coeffs.at[..., 0].set(0.0).at[..., 1].set(x)
   while coeffs.shape[-2] > 1:
     m = coeffs.shape[-2]
     if m % 2:
-      pad = jnp.full(batch + (1, k + 1), log_zero, x.dtype).at[..., 0].set(0.0)
+      pad = jnp.full(batch + (1, width), log_zero, x.dtype).at[..., 0].set(0.0)
       coeffs = jnp.concatenate([coeffs, pad], axis=-2)
       m += 1
     a, b = coeffs[..., 0::2, :], coeffs[..., 1::2, :]
-    # c[j] = logsumexp_{i=0..j} a[i] + b[j-i]
     terms = a[..., :, None] + b[..., None, :]  # [..., m/2, k+1 (i), k+1 (l)], degree i + l
-    new = []
-    for j in range(k + 1):
-      pairs = jnp.stack([terms[..., i, j - i] for i in range(j + 1)], axis=-1)
-      new.append(jax.nn.logsumexp(pairs, axis=-1))
-    coeffs = jnp.maximum(jnp.stack(new, axis=-1), log_zero)
+    # c[j] = logsumexp_{i=0..j} a[i] + b[j-i]. Row i shifted right by i (a pad with -inf and a reshape with one entry
+    # less per row) puts terms[i, j - i] at column j, and -inf (a zero term) where j < i.
+    shifted = jnp.pad(terms, [(0, 0)] * (terms.ndim - 1) + [(0, width)], constant_values=-jnp.inf)
+    shifted = shifted.reshape(terms.shape[:-2] + (2 * width * width,))[..., :width * (2 * width - 1)]
+    shifted = shifted.reshape(terms.shape[:-2] + (width, 2 * width - 1))[..., :width]  # [..., m/2, i, j]
+    coeffs = jnp.maximum(jax.nn.logsumexp(shifted, axis=-2), log_zero)
   return coeffs[..., 0, :]
 
 

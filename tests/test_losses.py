@@ -350,9 +350,9 @@ def _assert_branches(logits, k, tau, hard_rows):
     assert uses_hard.any() and (~uses_hard).any()
 
 
-# The library's log-space recursion is unrolled per (shape, k), so compiles are slow: few shapes and ks, and one
-# cached jitted function per hyperparameter set. Every batch mixes rows in the smooth regime with rows past the hard
-# switch (label among the boosted top k, or not).
+# The library's log-space recursion is traced per (shape, k) (log2(L) levels; a second or two to compile on CPU): few
+# shapes and ks, and one cached jitted function per hyperparameter set. Every batch mixes rows in the smooth regime
+# with rows past the hard switch (label among the boosted top k, or not).
 SVM_CASES = [((4, 3), 1, 1.0, 1.0), ((6, 10), 3, 0.1, 1.0), ((2, 3, 10), 2, 0.5, 0.5), ((8, 5), 4, 2.0, 1.0),
              ((3, 100), 2, 0.5, 2.0)]
 SVM_PARAMS = [(case, "alternate", use_jit) for i, case in enumerate(SVM_CASES)
@@ -431,6 +431,20 @@ def test_smooth_topk_svm_float64_tight(k, hard_rows):
         lambda s: ntk.smooth_topk_svm_loss(s, labels, k=k, tau=0.7, alpha=1.3).sum()))(jnp.asarray(logits))
     want_value, want_grad = ref.smooth_topk_svm_loss(logits, labels, k, 0.7, 1.3)
     assert grad.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(value), want_value.sum(), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-7)
+
+
+# Wide polynomials: k = 6 over 12 classes besides the label (levels of 12, 6, 3 + 1 padded, 2), and k = L - 1.
+@pytest.mark.parametrize("shape,k", [((4, 13), 6), ((3, 7), 6)])
+def test_smooth_topk_svm_float64_wide_k(shape, k):
+  with jax.enable_x64(True):
+    logits, labels = _svm_inputs(shape, 43, k, 0.7, "alternate")
+    logits = logits.astype(np.float64) + 1e-3 * np.random.default_rng(1).standard_normal(logits.shape)
+    _assert_branches(logits, k, 0.7, "alternate")
+    value, grad = jax.jit(jax.value_and_grad(
+        lambda s: ntk.smooth_topk_svm_loss(s, labels, k=k, tau=0.7, alpha=1.3).sum()))(jnp.asarray(logits))
+    want_value, want_grad = ref.smooth_topk_svm_loss(logits, labels, k, 0.7, 1.3)
     np.testing.assert_allclose(np.asarray(value), want_value.sum(), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-7)
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import noised_topk_jax as ntk
-from noised_topk_jax import topk as topk_lib
+from noised_topk_jax import _noise
+from noised_topk_jax import _selection
 from tests import reference as ref
 
 VARIANTS = tuple(s for s in ntk.SELECTIONS if s != "auto")
@@ -45,15 +46,15 @@ def test_selections_list_every_variant():
                                           ("tpu", "top_k"), ("some_new_backend", "top_k")])
 def test_auto_picks_per_backend_and_stays_overridable(monkeypatch, backend, want):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  assert topk_lib._resolve_selection("auto", 6) == want
+  assert _selection._resolve_selection("auto") == want
   for variant in VARIANTS:
-    assert topk_lib._resolve_selection(variant, 6) == variant
+    assert _selection._resolve_selection(variant) == variant
 
 
 def test_auto_on_this_backend():
   backend = jax.default_backend()
   want = {"cpu": "tournament"}.get(backend, "top_k")
-  assert topk_lib._resolve_selection("auto", 3) == want
+  assert _selection._resolve_selection("auto") == want
 
 
 @pytest.mark.parametrize("backend", ["gpu", "tpu", "some_new_backend"])
@@ -61,11 +62,18 @@ def test_unmeasured_backends_draw_with_jax_random_normal(monkeypatch, backend):
   # The library's generator is used only where it was measured (CPU); elsewhere jax.random.normal itself, which gives
   # the same numbers.
   key, shape = jax.random.key(3), (4, 8, 10)
-  fast = np.asarray(topk_lib._standard_normal(key, shape, jnp.float32))
+  fast = np.asarray(_noise._standard_normal(key, shape, jnp.float32))
+  monkeypatch.setattr(_noise, "_threefry_normal", lambda *a: pytest.fail("the library generator was used"))
+  if jax.default_backend() in _noise._FAST_GENERATOR_BACKENDS:  # the patch replaces the generator actually called
+    with pytest.raises(pytest.fail.Exception):
+      _noise._standard_normal(key, shape, jnp.float32)
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
-  monkeypatch.setattr(topk_lib, "_threefry_normal", lambda *a: pytest.fail("the library generator was used"))
-  np.testing.assert_array_equal(np.asarray(topk_lib._standard_normal(key, shape, jnp.float32)), fast)
+  np.testing.assert_array_equal(np.asarray(_noise._standard_normal(key, shape, jnp.float32)), fast)
   np.testing.assert_array_equal(fast, np.asarray(jax.random.normal(key, shape, jnp.float32)))
+  # The operator draws through the same function.
+  scores = jnp.asarray(_random(shape[1:], 1))
+  got = ntk.noised_kth_largest(scores, 2, epsilon=0.5, num_samples=shape[0], key=key)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(ntk.noised_kth_largest(scores, 2, epsilon=0.5, noise=fast)))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -83,7 +91,7 @@ def test_select_kth_indices_identical(num_classes, k, kind):
   x = {"random": lambda: _random(shape, num_classes + k), "tied": lambda: _tied(shape, k),
        "tied_inf": lambda: _tied(shape, k, with_inf=True)}[kind]()
   want = np.argsort(-x.astype(np.float64), axis=-1, kind="stable")[..., k - 1]
-  got = jax.jit(lambda s: {v: topk_lib._select_kth(s, k, v) for v in VARIANTS})(jnp.asarray(x))
+  got = jax.jit(lambda s: {v: _selection._select_kth(s, k, v) for v in VARIANTS})(jnp.asarray(x))
   for variant in VARIANTS:
     assert got[variant].dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(got[variant]), want, err_msg=variant)
@@ -123,8 +131,8 @@ def test_kth_largest_values_and_gradients_identical(num_classes, k, dtype, use_j
 @pytest.mark.parametrize("k", [1, 2, 6, 12, 13, 20])
 def test_tournament_adversarial_rows(k):
   num_classes = 1081
-  layout = topk_lib._tournament_layout(num_classes, k)
-  size = layout[0] if layout else topk_lib._chunk_layout(num_classes, k)[0]
+  layout = _selection._tournament_layout(num_classes, k)
+  size = layout[0] if layout else _selection._chunk_layout(num_classes, k)[0]
   rows = []
   row = np.zeros(num_classes, np.float32)
   row[100:100 + 20] = 5.0 + np.arange(20)  # the k largest all in one or two groups
@@ -145,31 +153,31 @@ def test_tournament_adversarial_rows(k):
   rows.append(row)
   x = np.stack(rows)
   want = np.argsort(-x.astype(np.float64), axis=-1, kind="stable")[..., k - 1]
-  got = jax.jit(lambda s: topk_lib._select_kth(s, k, "tournament"))(jnp.asarray(x))
+  got = jax.jit(lambda s: _selection._select_kth(s, k, "tournament"))(jnp.asarray(x))
   np.testing.assert_array_equal(np.asarray(got), want)
 
 
 @pytest.mark.parametrize("num_classes,k", [(3, 1), (48, 6), (49, 6), (100, 6), (1081, 2), (1081, 6), (5000, 12)])
 def test_tournament_layout(num_classes, k):
-  size, levels = topk_lib._tournament_layout(num_classes, k)
-  assert size >= 2 and k * size <= topk_lib._PAIRWISE_CANDIDATES
-  assert levels[0] == num_classes and levels[-1] <= topk_lib._PAIRWISE_TOP
+  size, levels = _selection._tournament_layout(num_classes, k)
+  assert size >= 2 and k * size <= _selection._PAIRWISE_CANDIDATES
+  assert levels[0] == num_classes and levels[-1] <= _selection._PAIRWISE_TOP
   assert all(b == -(-a // size) for a, b in zip(levels, levels[1:]))
   x = _random((2, num_classes), 1)
   want = np.argsort(-x, axis=-1, kind="stable")[..., k - 1]
-  np.testing.assert_array_equal(np.asarray(topk_lib._select_kth(jnp.asarray(x), k, "tournament")), want)
+  np.testing.assert_array_equal(np.asarray(_selection._select_kth(jnp.asarray(x), k, "tournament")), want)
 
 
 @pytest.mark.parametrize("num_classes,k", [(20, 13), (100, 50), (100, 100), (1081, 40), (1081, 300)])
 def test_tournament_large_k_uses_chunks_and_passes(num_classes, k):
-  assert topk_lib._tournament_layout(num_classes, k) is None
-  layout = topk_lib._chunk_layout(num_classes, k)
+  assert _selection._tournament_layout(num_classes, k) is None
+  layout = _selection._chunk_layout(num_classes, k)
   if layout is not None:
     size, groups = layout
     assert groups > k and k * size < num_classes and groups == -(-num_classes // size)
   x = _tied((2, num_classes), k)
   want = np.argsort(-x, axis=-1, kind="stable")[..., k - 1]
-  np.testing.assert_array_equal(np.asarray(topk_lib._select_kth(jnp.asarray(x), k, "tournament")), want)
+  np.testing.assert_array_equal(np.asarray(_selection._select_kth(jnp.asarray(x), k, "tournament")), want)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -312,32 +320,32 @@ def test_threefry_normal_is_jax_random_normal_bit_for_bit(shape):
   for key in (jax.random.key(0), jax.random.key(2**31 + 17), jax.random.fold_in(jax.random.key(5), 7),
               jax.random.split(jax.random.key(1), 3)[2], jax.random.PRNGKey(9)):
     want = np.asarray(jax.random.normal(key, shape, jnp.float32))
-    key_data = topk_lib._threefry_key_data(key, shape, jnp.float32)
+    key_data = _noise._threefry_key_data(key, shape, jnp.float32)
     assert key_data is not None
-    np.testing.assert_array_equal(np.asarray(topk_lib._threefry_normal(key_data, shape)), want)
-    got = jax.jit(lambda k: topk_lib._standard_normal(k, shape, jnp.float32))(key)
+    np.testing.assert_array_equal(np.asarray(_noise._threefry_normal(key_data, shape)), want)
+    got = jax.jit(lambda k: _noise._standard_normal(k, shape, jnp.float32))(key)
     np.testing.assert_array_equal(np.asarray(got), want)
     counts = jnp.asarray([0, want.size - 1, want.size // 2], jnp.uint32)
-    np.testing.assert_array_equal(np.asarray(topk_lib._threefry_normal_at(key_data, counts)),
+    np.testing.assert_array_equal(np.asarray(_noise._threefry_normal_at(key_data, counts)),
                                   want.reshape(-1)[np.asarray(counts)])
 
 
 def test_threefry_normal_under_vmap_and_grad_free():
   keys = jax.random.split(jax.random.key(4), 3)
   want = jax.vmap(lambda k: jax.random.normal(k, (4, 9)))(keys)
-  got = jax.jit(jax.vmap(lambda k: topk_lib._standard_normal(k, (4, 9), jnp.float32)))(keys)
+  got = jax.jit(jax.vmap(lambda k: _noise._standard_normal(k, (4, 9), jnp.float32)))(keys)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
 def test_threefry_key_data_declines_what_it_cannot_reproduce():
   shape = (2, 3)
-  assert topk_lib._threefry_key_data(jax.random.key(0), shape, jnp.float32) is not None
-  assert topk_lib._threefry_key_data(jax.random.key(0, impl="rbg"), shape, jnp.float32) is None
-  assert topk_lib._threefry_key_data(jax.random.key(0), shape, jnp.float64) is None
-  assert topk_lib._threefry_key_data(jax.random.split(jax.random.key(0), 2), shape, jnp.float32) is None
-  assert topk_lib._threefry_key_data(jax.random.key(0), (2**16, 2**16), jnp.float32) is None
+  assert _noise._threefry_key_data(jax.random.key(0), shape, jnp.float32) is not None
+  assert _noise._threefry_key_data(jax.random.key(0, impl="rbg"), shape, jnp.float32) is None
+  assert _noise._threefry_key_data(jax.random.key(0), shape, jnp.float64) is None
+  assert _noise._threefry_key_data(jax.random.split(jax.random.key(0), 2), shape, jnp.float32) is None
+  assert _noise._threefry_key_data(jax.random.key(0), (2**16, 2**16), jnp.float32) is None
   with jax.threefry_partitionable(False):
-    assert topk_lib._threefry_key_data(jax.random.key(0), shape, jnp.float32) is None
+    assert _noise._threefry_key_data(jax.random.key(0), shape, jnp.float32) is None
     # ... and the operator then draws jax.random.normal's (non-partitionable) numbers.
     scores = jnp.asarray(_random((3, 10), 5))
     key = jax.random.key(6)
@@ -349,7 +357,7 @@ def test_threefry_key_data_declines_what_it_cannot_reproduce():
 
 def test_computed_once_is_exact_also_under_vmap():
   compute = lambda x, zero: jnp.arange(6.0).reshape(2, 3) * x + zero.astype(jnp.float32)
-  once = lambda x: topk_lib._computed_once(functools.partial(compute, x), opaque_true=x != x + 1)
+  once = lambda x: _noise._computed_once(functools.partial(compute, x), opaque_true=x != x + 1)
   want = lambda x: compute(x, np.uint32(0))
   np.testing.assert_array_equal(np.asarray(jax.jit(once)(jnp.float32(2.0))), np.asarray(want(2.0)))
   xs = jnp.asarray([1.0, -3.0, 0.5], jnp.float32)
