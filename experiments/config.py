@@ -23,8 +23,6 @@ SCALED_LOSSES = ("ldam", "mm", "mm_ldam", "noised_imbalanced")
 DEFAULT_TAU = {"smooth_svm": 0.1, "logit_adjusted": 1.0}
 TRAIN_RULES = ("none", "reweight", "drw", "resample")
 MODELS = ("cnn", "resnet32", "resnet18", "resnet50", "mlp")
-# Imbalance profiles of the image datasets' long-tailed subsets (`noised_topk_jax.PROFILES`) and of the generator.
-IMAGE_PROFILES = ("exp", "step")
 _SPEC = synthetic_lt.SyntheticSpec()
 MODEL_SELECTIONS = ("auto", "val_macro_topk", "best_test_epoch", "last_epoch")
 
@@ -144,8 +142,9 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   _one_of(config, "train_rule", TRAIN_RULES)
   _one_of(config, "model", MODELS)
   _one_of(config, "model_selection", MODEL_SELECTIONS)
+  from noised_topk_jax import imbalance  # pylint: disable=g-import-not-at-top  (JAX: not at import, for --help)
   _one_of(config, "imbalance_profile",
-          synthetic_lt.PROFILES if config.dataset == "synthetic_lt" else IMAGE_PROFILES)
+          synthetic_lt.PROFILES if config.dataset == "synthetic_lt" else imbalance.PROFILES)
   _check_synthetic(config, explicitly_set)
   if not config.mlp_widths or any(int(w) < 1 for w in config.mlp_widths):
     raise ValueError(f"`mlp_widths` must be a non-empty list of ints >= 1, got {config.mlp_widths}.")
