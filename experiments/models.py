@@ -416,10 +416,14 @@ def load_pretrained(variables, path: str, *, name: str):
 def variable_shapes(name: str, num_classes: int, image_size: Optional[int] = None, normalized_head: bool = False
                     ) -> Mapping[str, tuple]:
   """Flat "collection/module/.../leaf" -> shape of model `name`'s variables, computed abstractly (no FLOPs). The
-  image size (default 28 for `cnn`, 32 otherwise) matters only for `cnn`, whose head follows a flatten."""
+  image size (default 28 for `cnn`, 32 otherwise) matters only for `cnn`, whose head follows a flatten; for `mlp` it
+  is the input dimension (default 8)."""
   model = create_model(name, num_classes=num_classes, normalized_head=normalized_head)
-  channels = 1 if name == "cnn" else 3
-  image_size = image_size or (28 if name == "cnn" else 32)
-  x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
+  if name == "mlp":
+    x = jax.ShapeDtypeStruct((1, image_size or 8), jnp.float32)
+  else:
+    channels = 1 if name == "cnn" else 3
+    image_size = image_size or (28 if name == "cnn" else 32)
+    x = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
   shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), x)
   return {k: tuple(v.shape) for k, v in traverse_util.flatten_dict(dict(shapes), sep="/").items()}

@@ -21,7 +21,7 @@ from experiments import convert_torchvision_weights as convert
 from experiments import models
 from experiments import weights_format
 
-IMAGE = {"cnn": (28, 28, 1), "resnet32": (32, 32, 3), "resnet18": (64, 64, 3), "resnet50": (64, 64, 3)}
+IMAGE = {"cnn": (28, 28, 1), "resnet32": (32, 32, 3), "resnet18": (64, 64, 3), "resnet50": (64, 64, 3), "mlp": (8,)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def test_create_model_rejects_unknown_name_and_bad_num_classes():
     models.create_model("resnet1000", num_classes=10)
   with pytest.raises(ValueError, match="num_classes"):
     models.create_model("cnn", num_classes=1)
-  assert models.MODELS == ("cnn", "resnet32", "resnet18", "resnet50")
+  assert models.MODELS == ("cnn", "resnet32", "resnet18", "resnet50", "mlp")
   model = models.create_model("resnet18", num_classes=7, normalized_head=True, dtype=jnp.bfloat16, axis_name="batch")
   assert (model.num_classes, model.normalized_head, model.dtype, model.axis_name) == (7, True, jnp.bfloat16, "batch")
 
