@@ -181,7 +181,7 @@ def noised_kth_largest(scores: ArrayLike, k: int, *, epsilon: ArrayLike, num_sam
       against the gaps between the scores near rank k, and half the normals to draw. Measured
       (benchmarks/RESULTS.md, B = 4, loss gradient): 1.7x lower variance at `epsilon=0.01` with well-spread scores
       (N 32, L 1081, standard-normal scores; and the Fashion-MNIST default's shapes), 1.1x at 0.1, none at 1 or
-      with 1,081 dense cosine-like scores; 0.77-0.85x the time of independent draws. With explicit `noise` the
+      with 1,081 dense cosine-like scores; 0.70-0.84x the time of independent draws. With explicit `noise` the
       array is used as given (it must hold the pairs itself); B must still be even.
 
   Returns:
