@@ -11,3 +11,9 @@ pinned_run() {
   _pinned_index=$((_pinned_index + 1))
   if (( _pinned_index % _pinned_cores == 0 )); then wait; fi
 }
+
+# pinned_root DIR: creates DIR (the runs' root) and prints it.
+pinned_root() {
+  mkdir -p "$1"
+  echo "$1"
+}

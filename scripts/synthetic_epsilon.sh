@@ -5,9 +5,8 @@
 # core. Prints a table (docs/synthetic_lt.md quotes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${1:-workdirs/synthetic_epsilon}
 source scripts/pinned_runs.sh
-mkdir -p "$root"
+root=$(pinned_root "${1:-workdirs/synthetic_epsilon}")
 for k in 1 5; do
   for eps in 0.1 1.0; do
     for seed in 0 1 2; do

@@ -5,9 +5,8 @@
 # top-2, the default's own model selection). Two runs at a time, each pinned to one core. Prints a table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-root=${1:-workdirs/tune_default}
 source scripts/pinned_runs.sh
-mkdir -p "$root"
+root=$(pinned_root "${1:-workdirs/tune_default}")
 for eps in 0.01 0.1; do
   for lr in 0.05 0.1 0.2; do
     pinned_run "$root/lr${lr}_eps${eps}" --learning_rate="$lr" --epsilon="$eps"
