@@ -90,7 +90,7 @@ def _calibration_gaps(probs, labels, bins=10):
 
 def test_posterior_is_calibrated_against_monte_carlo(tiny):
   # For any set A of examples, E[1(y = c) | x in A] = E[p(c | x) | x in A] holds exactly for the true posterior.
-  # Sets: the deciles of each class's posterior on the 6,1xx training draws (labels from the long-tailed prior).
+  # Sets: the deciles of each class's posterior on the 5,338 training draws (labels from the long-tailed prior).
   # The exact posterior passes; the prior-free likelihood (the posterior of a balanced prior) is off in many bins.
   labels = tiny.labels["train"]
   posterior = np.exp(tiny.bayes_scores("train", "posterior"))
