@@ -55,6 +55,15 @@ def _format(values, expected_n):
   return text
 
 
+def _column_best(grid, cells, s, k):
+  """The row with the best mean in column (setting `s`, K `k`) (lowest error or highest accuracy), or None."""
+  means = {row: mean_std(cells[(row, s, k)])[0] for row in grid.rows if (row, s, k) in cells}
+  if not means:
+    return None
+  pick = min if grid.metric == "top1_error" else max
+  return pick(means, key=means.get)
+
+
 def markdown_table(grid, cells, num_seeds) -> str:
   """Rows = methods; columns = (setting, K); cells = mean ± std over seeds; best mean per column in bold."""
   columns = [(s, k) for s in grid.settings for k in grid.ks]
@@ -64,12 +73,7 @@ def markdown_table(grid, cells, num_seeds) -> str:
     label = metric.replace("{K}", str(k))
     headers.append(f"{grid.settings[s]}: {label}" if len(grid.settings) > 1 else label)
   lines = ["| method | " + " | ".join(headers) + " |", "|---|" + "---|" * len(columns)]
-  best = {}
-  for s, k in columns:
-    means = {row: mean_std(cells[(row, s, k)])[0] for row in grid.rows if (row, s, k) in cells}
-    if means:
-      pick = min if grid.metric == "top1_error" else max
-      best[(s, k)] = pick(means, key=means.get)
+  best = {(s, k): _column_best(grid, cells, s, k) for s, k in columns}
   for row, label in grid.rows.items():
     parts = []
     for s, k in columns:
@@ -121,12 +125,20 @@ def per_class_means(grid, runs, results, setting, k):
       r = results.get(run.name)
       if r is None or run.row != row or run.setting != setting or k not in run.ks:
         continue
-      table = r["per_class"]
-      counts = np.array([c["train_count"] for c in table.values()], np.float64)
-      accs.append([np.nan if c.get(f"top{k}_accuracy") is None else c[f"top{k}_accuracy"] for c in table.values()])
+      counts, acc = per_class_arrays(r, k)
+      accs.append(acc)
     if accs:
       out[row] = (counts, 100.0 * np.nanmean(np.asarray(accs, np.float64), axis=0))
   return out
+
+
+def per_class_arrays(results: dict, k: int):
+  """(training counts, test top-k accuracy, NaN for a class without test examples) per class of one run."""
+  table = results["per_class"]
+  counts = np.array([c["train_count"] for c in table.values()], np.float64)
+  acc = np.array([np.nan if c.get(f"top{k}_accuracy") is None else c[f"top{k}_accuracy"] for c in table.values()],
+                 np.float64)
+  return counts, acc
 
 
 def _pyplot():
@@ -223,11 +235,7 @@ def regret_table(grid, cells, bayes, setting, num_seeds) -> str:
   for kind, label in BAYES_KINDS.items():
     lines.append(f"| *{label}* | " + " | ".join(f"*{bayes[(kind, setting, k)]:.2f}*" for k in ks) + " | "
                  + " | ".join(f"*{optimum[k] - bayes[(kind, setting, k)]:.2f}*" for k in ks) + " |")
-  best = {}
-  for k in ks:
-    means = {row: np.mean(cells[(row, setting, k)]) for row in grid.rows if (row, setting, k) in cells}
-    if means:
-      best[k] = max(means, key=means.get)
+  best = {k: _column_best(grid, cells, setting, k) for k in ks}
   for row, label in grid.rows.items():
     values, regrets = [], []
     for k in ks:
@@ -257,9 +265,7 @@ def bucket_values(grid, runs, results, setting, k) -> Dict[str, Dict[str, List[f
     r = results.get(run.name)
     if r is None or run.setting != setting or k not in run.ks:
       continue
-    table = r["per_class"]
-    counts = np.array([c["train_count"] for c in table.values()], np.float64)
-    acc = np.array([np.nan if c.get(f"top{k}_accuracy") is None else c[f"top{k}_accuracy"] for c in table.values()])
+    counts, acc = per_class_arrays(r, k)
     buckets = _bucket_of(counts)
     sources = [(run.row, acc)]
     if r.get("bayes") and "bayes" not in out:
@@ -276,12 +282,11 @@ def bucket_table(grid, runs, results, setting) -> str:
   per_k = {k: bucket_values(grid, runs, results, setting, k) for k in grid.ks}
   any_k = per_k[grid.ks[0]]
   present = [b for b, _, _ in BUCKETS if any(b in v for v in any_k.values())]
-  counts = None
-  for run in runs:
-    if run.name in results and run.setting == setting:
-      counts = np.array([c["train_count"] for c in results[run.name]["per_class"].values()])
-      break
-  sizes = {b: int(np.sum(_bucket_of(counts) == b)) for b in present} if counts is not None else {}
+  done = [results[run.name] for run in runs if run.name in results and run.setting == setting]
+  sizes = {}
+  if done:
+    buckets = _bucket_of(per_class_arrays(done[0], grid.ks[0])[0])
+    sizes = {b: int(np.sum(buckets == b)) for b in present}
   head = " | ".join(f"top-{k} {b} ({sizes.get(b, 0)})" for k in grid.ks for b in present)
   lines = [f"| method | {head} |", "|---|" + "---|" * (len(grid.ks) * len(present))]
   for row, label in [("bayes", "*Bayes-optimal (likelihood)*")] + list(grid.rows.items()):

@@ -159,7 +159,6 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   results = aggregate.load_results(runs, workdir_root)
   cells = aggregate.collect_cells(grid, runs, results)
   os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
-  table = aggregate.markdown_table(grid, cells, len(seeds))
   aggregate.write_csvs(grid, runs, results, cells, output_dir)
   plots, bucket_sections = [], []
   bayes = aggregate.bayes_cells(grid, runs, results) if grid.bayes else {}
@@ -178,9 +177,11 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
                             "Bucket = training examples of the class: many > 100, medium 20-100, few < 20 (number "
                             "of classes in parentheses); mean over seeds.", "",
                             aggregate.bucket_table(grid, runs, results, setting), ""]
-  if bayes:
+  if bayes:  # the regret tables replace the plain one
     table = "\n\n".join(f"### {grid.settings[s]}\n\n" + aggregate.regret_table(grid, cells, bayes, s, len(seeds))
                          for s in grid.settings if any(cs == s for _, cs, _ in cells))
+  else:
+    table = aggregate.markdown_table(grid, cells, len(seeds))
   train_seconds = sum(r["train_seconds"] for r in results.values())
   invocations = []  # The commands that trained this grid's runs (appended by `main`).
   log_path = os.path.join(workdir_root, INVOCATIONS_FILE)
