@@ -141,6 +141,15 @@ def per_class_arrays(results: dict, k: int):
   return counts, acc
 
 
+def can_plot() -> bool:
+  """Whether matplotlib is importable (it is optional: without it a grid's tables are written, its plots not)."""
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
 def _pyplot():
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")

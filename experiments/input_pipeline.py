@@ -501,7 +501,12 @@ def _fashion_mnist(data_dir, download, long_tail, *, validation_per_class) -> Da
 
 def _import_tensorflow():
   """Imports TensorFlow hidden from every GPU, so that it never takes accelerator memory from JAX."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("Pl@ntNet-300K's images and the TFDS datasets (CIFAR) are read with TensorFlow, which is not "
+                      f"installed ({e}): pip install tensorflow-cpu (requirements.txt pins the tested version). "
+                      "Fashion-MNIST and synthetic_lt need no TensorFlow.") from e
   try:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # Already initialized: the first call did it.

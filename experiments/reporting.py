@@ -112,8 +112,16 @@ def classes_to_label(top1: np.ndarray) -> np.ndarray:
 
 def plot_per_class(results, path):
   """PNG: per-class test accuracy against the class's training frequency (log scale), the top-1 points labelled
-  with the class names (all of them up to `LABEL_ALL_UP_TO` classes, else the `LABELLED_WORST` worst)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  with the class names (all of them up to `LABEL_ALL_UP_TO` classes, else the `LABELLED_WORST` worst).
+
+  Returns whether the plot was written: without matplotlib (optional, e.g. on a bare CUDA machine) it logs a
+  warning and writes nothing.
+  """
+  try:
+    import matplotlib  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    logging.warning("matplotlib is not installed: no per-class plot %s (results.json is written).", path)
+    return False
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -141,3 +149,4 @@ def plot_per_class(results, path):
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
+  return True

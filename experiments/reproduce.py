@@ -162,17 +162,22 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   aggregate.write_csvs(grid, runs, results, cells, output_dir)
   plots, bucket_sections = [], []
   bayes = aggregate.bayes_cells(grid, runs, results) if grid.bayes else {}
+  plotting = aggregate.can_plot()
+  if not plotting:
+    logging.warning("matplotlib is not installed: %s gets its tables and CSVs, no plots.", output_dir)
   for setting in grid.settings:
     if any(s == setting for _, s, _ in cells):
-      bars = os.path.join("plots", f"{grid.metric}_{setting}.png")
-      per_class = os.path.join("plots", f"per_class_{setting}.png")
-      aggregate.plot_bars(grid, cells, setting, os.path.join(output_dir, bars))
-      aggregate.plot_per_class(grid, runs, results, setting, os.path.join(output_dir, per_class))
-      plots += [bars, per_class]
+      if plotting:
+        bars = os.path.join("plots", f"{grid.metric}_{setting}.png")
+        per_class = os.path.join("plots", f"per_class_{setting}.png")
+        aggregate.plot_bars(grid, cells, setting, os.path.join(output_dir, bars))
+        aggregate.plot_per_class(grid, runs, results, setting, os.path.join(output_dir, per_class))
+        plots += [bars, per_class]
       if bayes:
-        buckets = os.path.join("plots", f"buckets_{setting}.png")
-        aggregate.plot_buckets(grid, runs, results, setting, os.path.join(output_dir, buckets))
-        plots.append(buckets)
+        if plotting:
+          buckets = os.path.join("plots", f"buckets_{setting}.png")
+          aggregate.plot_buckets(grid, runs, results, setting, os.path.join(output_dir, buckets))
+          plots.append(buckets)
         bucket_sections += [f"### {grid.settings[setting]}: macro top-K (%) by class frequency", "",
                             "Bucket = training examples of the class: many > 100, medium 20-100, few < 20 (number "
                             "of classes in parentheses); mean over seeds.", "",

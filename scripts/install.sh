@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Installs what the binaries and the tests need: the Python packages of requirements.txt and, where apt-get is
-# available with root rights, real Fashion-MNIST from Debian's dataset-fashion-mnist package.
-# Prints the Python interpreter to use on its last line (a .venv is made when the system Python refuses pip).
+# Installs what the binaries and the tests need: a virtual environment `.venv` built from requirements.txt only and,
+# where apt-get is available with root rights, real Fashion-MNIST from Debian's dataset-fashion-mnist package.
+# The environment does not see the machine's site-packages, so what passes here passes for a new user: a package the
+# machine happens to have (torch, say) cannot leak into the tests. NTK_VENV moves it (default: .venv).
+# Prints the Python interpreter to use on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PYTHON:-python3}
+VENV=${NTK_VENV:-.venv}
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
-if ! "$PY" -m pip install -q -r requirements.txt >&2; then
-  echo "pip refused to install into $PY; using a virtual environment in .venv instead." >&2
-  "$PY" -m venv .venv
-  PY=.venv/bin/python
-  "$PY" -m pip install -q --upgrade pip >&2
-  "$PY" -m pip install -q -r requirements.txt >&2
+if [[ ! -x $VENV/bin/python ]]; then
+  if ! "$PY" -m venv "$VENV" >&2; then
+    echo "Could not create a virtual environment with $PY (on Debian: apt-get install python3-venv)." >&2
+    exit 1
+  fi
+  "$VENV/bin/python" -m pip install -q --upgrade pip >&2
 fi
+"$VENV/bin/python" -m pip install -q -r requirements.txt >&2
 
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
   if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
@@ -23,4 +27,4 @@ if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
     echo "Not root or no apt-get: Fashion-MNIST will come through TFDS (fashion_mnist) on first use." >&2
   fi
 fi
-echo "$PY"
+echo "$VENV/bin/python"

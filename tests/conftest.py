@@ -2,9 +2,15 @@
 
 Two forced host devices let the pmap tests run on a CPU-only machine; the flag must be set before JAX initialises
 its backend, which is why it lives here and not in the individual tests.
+
+`--without=torch,matplotlib,...` makes those packages unimportable in the tests and in every process they start, so
+the suite can be checked as it runs on a machine without them (tests that need one skip, naming it):
+
+    bash scripts/test.sh --without=torch,tensorflow,tensorboard,matplotlib,nbclient
 """
 import gc
 import os
+import sys
 import tempfile
 
 import pytest
@@ -19,6 +25,29 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # CIFAR-LT presets), so the suite compiles each distinct computation once. Set JAX_COMPILATION_CACHE_DIR to move it.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "noised_topk_jax_tests_xla_cache"))
+
+
+def pytest_addoption(parser):
+  parser.addoption("--without", default="", metavar="PACKAGES",
+                   help="comma-separated top-level packages to make unimportable (optional-package check)")
+
+
+def pytest_configure(config):
+  names = [n.strip() for n in config.getoption("--without").split(",") if n.strip()]
+  if not names:
+    return
+  loaded = sorted(n for n in names if n in sys.modules)
+  if loaded:
+    raise pytest.UsageError(f"--without: {loaded} already imported before the tests started")
+  # A folder of stand-in packages that raise ImportError, first on the path of this process and of its children.
+  shadow = tempfile.mkdtemp(prefix="ntk_without_")
+  for name in names:
+    os.makedirs(os.path.join(shadow, name))
+    with open(os.path.join(shadow, name, "__init__.py"), "w") as f:
+      f.write(f"raise ImportError('{name} is hidden by pytest --without')\n")
+  sys.path.insert(0, shadow)
+  os.environ["NTK_TEST_WITHOUT"] = ",".join(names)  # read by tests/optional.py
+  os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [shadow, os.environ.get("PYTHONPATH")]))
 
 
 def _memory_map_count():

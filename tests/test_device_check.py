@@ -1,19 +1,56 @@
 """The one-command accelerator check (scripts/device_check.sh) in its tiny CPU mode, and what it relies on."""
+import argparse
+import importlib.util
 import os
 import subprocess
 import sys
 
+import pytest
+
 from experiments import reporting
 from tests import fake_data
+from tests import optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = ("environment", "library tests", "train step, ResNet-32", "default job")
 
 
-def test_device_check_tiny_mode_runs_every_step(tmp_path):
+def _device_check_module():
+  spec = importlib.util.spec_from_file_location("device_check", os.path.join(REPO, "scripts", "device_check.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("torch", [False, True])
+def test_steps_keep_their_order_with_and_without_torch(torch):
+  check = _device_check_module()
+  args = argparse.Namespace(tiny=True, torch=torch, test_workers=4, workdir="w", data_dir=None)
+  names = [name for name, _, _ in check.steps(args)]
+  torch_steps = [n for n in names if n.startswith("noised loss vs PyTorch")]
+  assert torch_steps and names[-1] == "default job", names
+  # The speed comparison sits between the library tests and the train step, whether it runs or is skipped.
+  assert names.index("library tests") < names.index(torch_steps[0])
+  assert names.index(torch_steps[-1]) < names.index("train step, ResNet-32")
+  skipped = [argv is None for name, argv, _ in check.steps(args) if name in torch_steps]
+  assert skipped == [not torch] * len(torch_steps)
+
+
+@pytest.mark.parametrize("torch", ["hidden", "installed"])
+def test_device_check_tiny_mode_runs_every_step(tmp_path, torch):
+  if torch == "installed" and not optional.available("torch"):
+    pytest.skip("torch is not installed here: the check's with-torch path runs where it is "
+                "(pip install torch==2.13.0)")
   out = tmp_path / "check.md"
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the check runs on the machine's own devices, as on an accelerator
   env["PYTHON"] = sys.executable  # the interpreter that has the packages (install.sh may have made a .venv)
+  if torch == "hidden":
+    # `import torch` fails in the check and in every step it starts, whatever this machine has installed.
+    shadow = tmp_path / "no_torch" / "torch"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("torch is hidden by the test")\n')
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(shadow.parent), env.get("PYTHONPATH")]))
   # Generated IDX files (700 per class: the default's 500-image validation split leaves 200 for the long tail).
   data = tmp_path / "fashion"
   fake_data.write_fashion_mnist_idx(str(data), train_per_class=700, test_per_class=10)
@@ -22,12 +59,24 @@ def test_device_check_tiny_mode_runs_every_step(tmp_path):
                         capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   report = out.read_text()
-  for step in ("environment", "library tests", "train step, ResNet-32", "default job"):
+  for step in STEPS:
     assert f"| {step} | ok |" in report, report
   assert "test top-1/2/3" in report and "images/s" in report
   assert "passed" in report
-  # The short table is printed last.
-  assert proc.stdout.strip().splitlines()[-1].startswith("| default job | ok |")
+  # The short table is printed last, one row per step in step order, the speed comparison included.
+  lines = proc.stdout.strip().splitlines()
+  assert lines[-1].startswith("| default job | ok |"), proc.stdout
+  table = lines[lines.index("| step | status | seconds | key figures |") + 2:]
+  if torch == "hidden":
+    assert "torch not installed" in report
+    names = ["environment", "library tests", "noised loss vs PyTorch", "train step, ResNet-32", "default job"]
+    assert table[2].startswith("| noised loss vs PyTorch | skipped: torch is not installed |"), table
+  else:
+    names = ["environment", "library tests", "noised loss vs PyTorch, float32", "noised loss vs PyTorch, bfloat16",
+             "train step, ResNet-32", "default job"]
+    assert table[2].startswith("| noised loss vs PyTorch, float32 | ok |"), table
+    assert "torch/JAX" in table[2]
+  assert [row.split("|")[1].strip() for row in table] == names, table
 
 
 def test_summary_writer_without_tensorflow_writes_nothing_and_does_not_fail(tmp_path, monkeypatch):

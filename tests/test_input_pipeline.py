@@ -8,6 +8,7 @@ import pytest
 import noised_topk_jax as ntk
 from experiments import input_pipeline as ip
 from tests import fake_data
+from tests import optional
 
 TRAIN_PER_CLASS = (200, 190, 210, 200, 205, 200, 195, 200, 220, 200)  # max_count = 190 - validation_per_class
 TEST_PER_CLASS = 30
@@ -354,6 +355,7 @@ def test_real_fashion_mnist():
 
 @pytest.mark.parametrize("name,tfds_name,num_classes,num_examples,ratio",
                          [("cifar10_lt", "cifar10", 10, 500, 10.0), ("cifar100_lt", "cifar100", 100, 1500, 4.0)])
+@optional.needs_tensorflow
 def test_cifar_long_tailed_from_mocked_tfds(tmp_path, name, tfds_name, num_classes, num_examples, ratio):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with fake_data.mock_cifar(num_examples=num_examples):
@@ -406,6 +408,7 @@ def test_plantnet_metadata(plantnet):
   assert dataset.num_eval_examples("test") == sum(written["test"])
 
 
+@optional.needs_tensorflow
 def test_plantnet_train_batches(plantnet):
   dataset, _, _ = plantnet
   kwargs = dict(epoch=0, batch_size=16, seed=0)
@@ -429,6 +432,7 @@ def test_plantnet_train_batches(plantnet):
   assert _chi_square_vs_uniform(np.repeat(np.arange(5), dataset.train_class_counts), 5) > 50
 
 
+@optional.needs_tensorflow
 def test_plantnet_eval_batches_cover_each_image_once_with_its_colour(plantnet):
   dataset, written, _ = plantnet
   batch_size = 8  # 20 test images: 3 global batches, 4 padded slots
@@ -446,6 +450,7 @@ def test_plantnet_eval_batches_cover_each_image_once_with_its_colour(plantnet):
   np.testing.assert_allclose(pixels.mean(axis=(1, 2)), colours[test["label"][real]], atol=0.04)
 
 
+@optional.needs_tensorflow
 def test_plantnet_resizes_the_shorter_side_then_center_crops(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   # 40x120 image, left third black: shorter side -> 37 gives 37x111, whose center 32x32 crop (columns 40..71)

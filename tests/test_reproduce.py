@@ -20,6 +20,7 @@ from experiments.configs import cifar_lt
 from experiments.configs import logit_adjustment
 from experiments.configs import fashion_mnist_lt
 from tests import fake_data
+from tests import optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,6 +161,7 @@ def plantnet_root(tmp_path_factory):
 
 
 @pytest.mark.parametrize("preset", [n for n in configs.PRESETS if n.startswith("plantnet_")])
+@optional.needs_tensorflow
 def test_every_plantnet_table_preset_runs_one_step(preset, plantnet_root, tmp_path):
   config = configs.get_preset(preset).config
   results = _one_step(config.replace(data_dir=plantnet_root, image_size=32, epochs=1, max_steps_per_epoch=1,
@@ -237,8 +239,11 @@ def test_aggregate_only_writes_table_csv_plots_and_claims(tmp_path):
   with open(os.path.join(out, "runs.csv")) as f:
     assert len(list(csv.DictReader(f))) == len(runs)
   for name in ("macro_topk_exp100.png", "per_class_step10.png", "macro_topk_step10.png", "per_class_exp100.png"):
-    assert os.path.getsize(os.path.join(out, "plots", name)) > 5000
-    assert f"](plots/{name})" in table
+    if optional.available("matplotlib"):
+      assert os.path.getsize(os.path.join(out, "plots", name)) > 5000
+      assert f"](plots/{name})" in table
+    else:  # tables without plots, and no link to a missing file
+      assert not os.path.exists(os.path.join(out, "plots", name)) and "](plots/" not in table
   # Claims: MM-DRW - LDAM-DRW = +1.00 with standard error sqrt(2 * 0.5^2 / 3) = 0.41 -> holds (beyond 2 SE).
   assert "| exp100 | 1 | 77.00 | 76.00 | +1.00 ± 0.41 | holds |" in table
   assert "| step10 | 3 | 85.00 | 1 of 15 | MM-DRW 81.00 | +4.00 ± 0.41 | holds |" in table
@@ -349,7 +354,9 @@ def test_synthetic_aggregate_writes_regret_and_bucket_tables(tmp_path):
   # Buckets: one class each; Bayes 90 / 80 / 70, a method its per-class value.
   assert "| *Bayes-optimal (likelihood)* | 90.0 | 80.0 | 70.0 | 90.0 | 80.0 | 70.0 | 90.0 | 80.0 | 70.0 |" in table
   assert "| CE | 55.0 | 55.0 | 55.0 | 65.0 | 65.0 | 65.0 | 75.0 | 75.0 | 75.0 |" in table
-  assert os.path.getsize(os.path.join(out, "plots", "buckets_lt100.png")) > 5000
+  assert os.path.exists(os.path.join(out, "plots", "buckets_lt100.png")) == optional.available("matplotlib")
+  if optional.available("matplotlib"):
+    assert os.path.getsize(os.path.join(out, "plots", "buckets_lt100.png")) > 5000
   # Claim 4 on this grid: noised imbalanced (55 + 5k) against the best logit-adjusted row (LA, 60 + 5k).
   assert "| lt100 | 1 | 60.00 | LA loss (tau 1) 65.00 | -5.00 ± 0.41 | fails |" in table
   assert len(runs) == 75

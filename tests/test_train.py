@@ -20,6 +20,7 @@ from experiments import reporting
 from experiments import train_lib
 import noised_topk_jax as ntk
 from tests import fake_data
+from tests import optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -51,8 +52,17 @@ def _check_outputs(workdir, results, config):
   assert accs == sorted(accs)
   assert len(saved["per_class"]) == len(saved["train_class_counts"])
   assert all(np.isfinite(r["train"]["loss"]) for r in saved["history"])
-  assert os.path.getsize(os.path.join(workdir, "per_class_accuracy.png")) > 1000
-  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  # The plot and the TensorBoard summaries need optional packages; without them the run still writes results.json.
+  plot = os.path.join(workdir, "per_class_accuracy.png")
+  if optional.available("matplotlib"):
+    assert os.path.getsize(plot) > 1000
+  else:
+    assert not os.path.exists(plot)
+  events = os.path.join(workdir, "tensorboard")
+  if optional.available("tensorflow"):
+    assert any(f.startswith("events") for f in os.listdir(events))
+  else:
+    assert not os.path.exists(events) or not os.listdir(events)
   assert os.path.isdir(os.path.join(workdir, "checkpoints"))
   assert saved["test"] == results["test"]
 
@@ -112,6 +122,7 @@ def test_learning_rate_schedule_matches_the_ldam_drw_protocol():
                              [0.002, 0.002, 2e-4, 2e-4, 2e-5, 2e-5], rtol=1e-5)
 
 
+@optional.needs_tensorflow
 def test_cifar_lt_with_resnet32_end_to_end(tmp_path):
   with fake_data.mock_cifar(num_examples=300):
     config = config_lib.Config(
@@ -124,6 +135,7 @@ def test_cifar_lt_with_resnet32_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["resnet18", "resnet50"])
+@optional.needs_tensorflow
 def test_plantnet_end_to_end(model, tmp_path):
   root = str(tmp_path / "plantnet")
   fake_data.write_plantnet_tree(root)
