@@ -243,8 +243,8 @@ def average_k_threshold(probs: ArrayLike, *, k: int) -> jax.Array:
   - `k = L`: the released code indexes past the end of the array; here `lambda` is the smallest entry, so every
     set holds all `L` classes.
   - The midpoint is computed in the dtype of `probs` (float32, as the released code; half precision in float32).
-    When `s_{Nk}` and `s_{Nk+1}` are adjacent floating-point numbers (or equal) it rounds to one of them; entries
-    equal to `lambda` are then inside the sets (`>=`), as they are for ties, and the mean set size exceeds k.
+    When `s_{Nk}` and `s_{Nk+1}` are adjacent floating-point numbers it may round to `s_{Nk+1}`, whose entries then
+    enter the sets (`>=`, the released rule) as tied entries do: the mean set size then exceeds k on this split.
 
   Args:
     probs: floating array `[N, L]` of probabilities (softmax outputs), N >= 1 examples.
