@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from experiments import checkpointing
+from experiments import config as config_lib
 from experiments import grids
 from experiments import input_pipeline
 from experiments import reporting
@@ -105,6 +106,13 @@ def test_a_run_without_validation_split_says_why_it_has_no_average_k(fashion_dir
   assert results["model_selection"].startswith("best test top-1 epoch")
   assert results["average_k"]["threshold_split"] is None and "no validation split" in results["average_k"]["note"]
   assert not any("avg" in key for key in results["test"])
+
+
+def test_probabilities_are_described_in_the_loss_units():
+  assert set_eval.describe_probabilities(config_lib.Config(loss="ce")) == "softmax of the evaluated logits"
+  text = set_eval.describe_probabilities(config_lib.Config(loss="noised_imbalanced", scale=60.0))
+  assert text.startswith("softmax of the evaluated logits times the loss's scale 60 (a hinge loss")
+  assert "hinge" in set_eval.describe_probabilities(config_lib.Config(loss="smooth_svm"))
 
 
 def _with_average_k(value_of, shift):
