@@ -174,3 +174,15 @@ def test_tables_gain_macro_average_k_only_for_runs_that_report_it(tmp_path):
   old_header = _header(os.path.join(old_out, "runs.csv"))
   assert header[:len(old_header) - 4] == old_header[:-4] and header[-4:] == old_header[-4:]
   assert header[len(old_header) - 4:-4] == [f"{p}avg{k}_accuracy" for k in (1, 2, 3) for p in ("", "macro_")]
+
+
+def test_a_finished_run_gains_average_k_from_its_checkpoint_without_training(fashion_dir, tmp_path):
+  # How a grid trained before average-K gets it: remove the runs' results.json and rerun the grid's command; each
+  # run resumes from its last checkpoint (the final epoch), trains nothing and evaluates the selected model again.
+  config = tiny_fashion_config(fashion_dir, loss="ce", normalized_head=False, epochs=1, max_steps_per_epoch=2)
+  first = train_lib.train_and_evaluate(config, str(tmp_path))
+  os.remove(os.path.join(tmp_path, "results.json"))
+  again = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert again["train_seconds"] == first["train_seconds"] and again["history"] == first["history"]
+  assert again["test"] == first["test"] and again["average_k"] == first["average_k"]
+  assert "macro_avg1_accuracy" in again["test"]
