@@ -22,22 +22,32 @@ def load_results(runs, workdir_root) -> Dict[str, dict]:
   return out
 
 
+# The tables' metrics: the grid's own ("macro_topk" or "top1_error") and, for runs that report it, macro average-K
+# (experiments/set_eval.py; the threshold comes from the validation split). Header label, results.json key, lower is
+# better.
+METRICS = {"macro_topk": ("macro top-{K} (%)", "macro_top{k}_accuracy", False),
+           "top1_error": ("top-1 error (%)", "top1_accuracy", True),
+           "macro_avgk": ("macro average-{K} (%)", "macro_avg{k}_accuracy", False)}
+
+
 def run_value(results: dict, metric: str, k: int) -> float:
   """The table's number for one run, in %."""
-  test = results["test"]
-  if metric == "macro_topk":
-    return 100.0 * test[f"macro_top{k}_accuracy"]
-  if metric == "top1_error":
-    return 100.0 * (1.0 - test["top1_accuracy"])
-  raise ValueError(f"Unknown metric {metric!r}.")
+  if metric not in METRICS:
+    raise ValueError(f"Unknown metric {metric!r}.")
+  value = results["test"][METRICS[metric][1].format(k=k)]
+  return 100.0 * (1.0 - value) if metric == "top1_error" else 100.0 * value
 
 
-def collect_cells(grid, runs, results) -> Dict[Cell, List[float]]:
+def collect_cells(grid, runs, results, metric=None) -> Dict[Cell, List[float]]:
+  """(row, setting, K) -> the runs' values of `metric` (default: the grid's); runs without it are left out (older
+  runs have no average-K)."""
+  metric = metric or grid.metric
   cells = {}
   for run in runs:
     if run.name in results:
       for k in run.ks:
-        cells.setdefault((run.row, run.setting, k), []).append(run_value(results[run.name], grid.metric, k))
+        if METRICS[metric][1].format(k=k) in results[run.name]["test"]:
+          cells.setdefault((run.row, run.setting, k), []).append(run_value(results[run.name], metric, k))
   return cells
 
 
@@ -55,25 +65,27 @@ def _format(values, expected_n):
   return text
 
 
-def _column_best(grid, cells, s, k):
+def _column_best(grid, cells, s, k, metric=None):
   """The row with the best mean in column (setting `s`, K `k`) (lowest error or highest accuracy), or None."""
   means = {row: mean_std(cells[(row, s, k)])[0] for row in grid.rows if (row, s, k) in cells}
   if not means:
     return None
-  pick = min if grid.metric == "top1_error" else max
+  pick = min if METRICS[metric or grid.metric][2] else max
   return pick(means, key=means.get)
 
 
-def markdown_table(grid, cells, num_seeds) -> str:
-  """Rows = methods; columns = (setting, K); cells = mean ± std over seeds; best mean per column in bold."""
+def markdown_table(grid, cells, num_seeds, metric=None) -> str:
+  """Rows = methods; columns = (setting, K); cells = mean ± std over seeds; best mean per column in bold. `metric`
+  (default: the grid's) names the header; the papers' figures are printed beside the grid's own metric only."""
+  metric = metric or grid.metric
   columns = [(s, k) for s in grid.settings for k in grid.ks]
-  metric = "top-1 error (%)" if grid.metric == "top1_error" else "macro top-{K} (%)"
+  paper = grid.paper if metric == grid.metric else {}
   headers = []
   for s, k in columns:
-    label = metric.replace("{K}", str(k))
+    label = METRICS[metric][0].replace("{K}", str(k))
     headers.append(f"{grid.settings[s]}: {label}" if len(grid.settings) > 1 else label)
   lines = ["| method | " + " | ".join(headers) + " |", "|---|" + "---|" * len(columns)]
-  best = {(s, k): _column_best(grid, cells, s, k) for s, k in columns}
+  best = {(s, k): _column_best(grid, cells, s, k, metric) for s, k in columns}
   for row, label in grid.rows.items():
     parts = []
     for s, k in columns:
@@ -81,37 +93,41 @@ def markdown_table(grid, cells, num_seeds) -> str:
       text = "—" if not values else _format(values, num_seeds)
       if values and best.get((s, k)) == row:
         text = f"**{text}**"
-      if (row, s, k) in grid.paper:
-        text += f" [paper {grid.paper[(row, s, k)]:.2f}]"
+      if (row, s, k) in paper:
+        text += f" [paper {paper[(row, s, k)]:.2f}]"
       parts.append(text)
     lines.append(f"| {label} | " + " | ".join(parts) + " |")
   return "\n".join(lines)
 
 
-def write_csvs(grid, runs, results, cells, output_dir):
+def write_csvs(grid, runs, results, cells, output_dir, average_k_cells=None):
+  """table.csv (one line per cell of the grid's metric, then of macro average-K when `average_k_cells`) and runs.csv
+  (one line per run; the average-K columns only when some run has them, so older grids keep their columns)."""
   with open(os.path.join(output_dir, "table.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["grid", "row", "method", "setting", "k", "metric", "mean", "std", "num_seeds", "paper"])
-    for row, label in grid.rows.items():
-      for s in grid.settings:
-        for k in grid.ks:
-          if (row, s, k) in cells:
-            mean, std = mean_std(cells[(row, s, k)])
-            w.writerow([grid.name, row, label, s, k, grid.metric, f"{mean:.4f}",
-                        "" if math.isnan(std) else f"{std:.4f}", len(cells[(row, s, k)]),
-                        grid.paper.get((row, s, k), "")])
+    for metric, metric_cells in ((grid.metric, cells), ("macro_avgk", average_k_cells or {})):
+      for row, label in grid.rows.items():
+        for s in grid.settings:
+          for k in grid.ks:
+            if (row, s, k) in metric_cells:
+              mean, std = mean_std(metric_cells[(row, s, k)])
+              w.writerow([grid.name, row, label, s, k, metric, f"{mean:.4f}",
+                          "" if math.isnan(std) else f"{std:.4f}", len(metric_cells[(row, s, k)]),
+                          grid.paper.get((row, s, k), "") if metric == grid.metric else ""])
   eval_ks = sorted({k for r in results.values() for k in r["config"]["eval_ks"]})
+  columns = [f"{p}top{k}_accuracy" for k in eval_ks for p in ("", "macro_")]
+  if any(f"avg{k}_accuracy" in r["test"] for r in results.values() for k in eval_ks):
+    columns += [f"{p}avg{k}_accuracy" for k in eval_ks for p in ("", "macro_")]
   with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
     w = csv.writer(f)
-    w.writerow(["run", "preset", "row", "setting", "seed", "ks"]
-               + [f"{p}top{k}_accuracy" for k in eval_ks for p in ("", "macro_")]
+    w.writerow(["run", "preset", "row", "setting", "seed", "ks"] + columns
                + ["best_epoch", "train_seconds", "backend", "num_devices"])
     for run in runs:
       r = results.get(run.name)
       if r is None:
         continue
-      metrics = [f"{r['test'][f'{p}top{k}_accuracy']:.4f}" if f"top{k}_accuracy" in r["test"] else ""
-                 for k in eval_ks for p in ("", "macro_")]
+      metrics = [f"{r['test'][c]:.4f}" if c in r["test"] else "" for c in columns]
       w.writerow([run.name, run.preset, run.row, run.setting, run.seed, " ".join(map(str, run.ks))] + metrics
                  + [r["best_epoch"], f"{r['train_seconds']:.1f}", r["backend"], r["num_devices"]])
 

@@ -80,7 +80,7 @@ def per_class_table(dataset, per_class):
 
 
 def results_table(results, ks):
-  """Markdown table of the test top-K and macro top-K accuracies (in %)."""
+  """Markdown table of the test top-K and macro top-K accuracies (in %), and average-K when the run has it."""
   test = results["test"]
   lines = ["| metric | " + " | ".join(f"K={k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
   lines.append("| top-K accuracy (%) | " + " | ".join(f"{100 * test[f'top{k}_accuracy']:.2f}" for k in ks) + " |")
@@ -93,6 +93,19 @@ def results_table(results, ks):
     lines.append("| regret: Bayes - this model (points) | " + " | ".join(
         f"{100 * (bayes['likelihood'][f'macro_top{k}_accuracy'] - test[f'macro_top{k}_accuracy']):.2f}" for k in ks)
                  + " |")
+  if all(f"avg{k}_accuracy" in test for k in ks):
+    lambdas = results["average_k"]["thresholds"]
+    lines.append("| average-K accuracy (%) | "
+                 + " | ".join(f"{100 * test[f'avg{k}_accuracy']:.2f}" for k in ks) + " |")
+    lines.append("| macro average-K accuracy (%) | "
+                 + " | ".join(f"{100 * test[f'macro_avg{k}_accuracy']:.2f}" for k in ks) + " |")
+    lines.append("| average-K threshold (from validation) | " + " | ".join(f"{lambdas[str(k)]:.4g}" for k in ks)
+                 + " |")
+    lines.append("| average-K mean set size on test | "
+                 + " | ".join(f"{test[f'avg{k}_mean_set_size']:.2f}" for k in ks) + " |")
+  note = (results.get("average_k") or {}).get("note")
+  if note:
+    lines += ["", f"Average-K accuracy: {note}."]
   return "\n".join(lines)
 
 

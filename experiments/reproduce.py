@@ -11,9 +11,9 @@ checkpoint, so rerunning the command finishes the grid. The printed commands are
 cluster, several GPUs), put their workdirs under one root and call this with `--aggregate_only`.
 
 Writes to `--output_dir` (default docs/results/<grid>): table.md (the table, mean ± std over seeds, the papers'
-figures beside; the command, machine and run time; for fashion_mnist_lt the check of the papers' claims), table.csv,
-runs.csv (one line per run) and plots/ (per-class accuracy against class frequency, one line per method; bars of the
-table's metric by method).
+figures beside, then macro average-K when the runs report it; the command, machine and run time; for fashion_mnist_lt
+the check of the papers' claims), table.csv, runs.csv (one line per run) and plots/ (per-class accuracy against class
+frequency, one line per method; bars of the table's metric by method).
 """
 import datetime
 import gc
@@ -155,11 +155,18 @@ def record_invocation(workdir_root, runs_trained, wall_seconds):
                         "runs_trained": runs_trained, "wall_seconds": round(wall_seconds, 1)}) + "\n")
 
 
+AVERAGE_K_NOTE = ("The same runs' sets of variable size: `{j : p_j >= lambda_K}`, with one threshold per run chosen on "
+                  "the validation split so that the sets hold K classes on average there (Pl@ntNet-300K's "
+                  "average-K; `experiments/set_eval.py`). Top-K gives every test image K classes; average-K gives "
+                  "ambiguous images more and easy ones fewer.")
+
+
 def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   results = aggregate.load_results(runs, workdir_root)
   cells = aggregate.collect_cells(grid, runs, results)
+  average_k_cells = aggregate.collect_cells(grid, runs, results, metric="macro_avgk")
   os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
-  aggregate.write_csvs(grid, runs, results, cells, output_dir)
+  aggregate.write_csvs(grid, runs, results, cells, output_dir, average_k_cells)
   plots, bucket_sections = [], []
   bayes = aggregate.bayes_cells(grid, runs, results) if grid.bayes else {}
   plotting = aggregate.can_plot()
@@ -187,6 +194,10 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
                          for s in grid.settings if any(cs == s for _, cs, _ in cells))
   else:
     table = aggregate.markdown_table(grid, cells, len(seeds))
+  average_k_section = []
+  if average_k_cells:  # runs of an older version have no average-K: the section is left out
+    average_k_section = ["### Macro average-K accuracy (%)", "", AVERAGE_K_NOTE, "",
+                         aggregate.markdown_table(grid, average_k_cells, len(seeds), metric="macro_avgk"), ""]
   train_seconds = sum(r["train_seconds"] for r in results.values())
   invocations = []  # The commands that trained this grid's runs (appended by `main`).
   log_path = os.path.join(workdir_root, INVOCATIONS_FILE)
@@ -197,7 +208,7 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   lines = [f"# {grid.name}", "", grid.description, "",
            f"Mean ± std over seeds {', '.join(map(str, seeds))} ({len(results)} of {len(runs)} runs finished); the "
            "best mean of each column in bold" + ("; the paper's figure in brackets." if grid.paper else "."), "",
-           table, ""] + list(grid.notes) + ([""] if grid.notes else []) + bucket_sections
+           table, ""] + average_k_section + list(grid.notes) + ([""] if grid.notes else []) + bucket_sections
   if grid.claims is not None:
     lines += ["## The papers' claims on this grid", ""] + grid.claims(cells) + [""]
   commands = [i["command"] for i in invocations if i.get("runs_trained")] or [_this_command()]

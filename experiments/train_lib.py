@@ -28,6 +28,7 @@ from experiments import config as config_lib
 from experiments import input_pipeline
 from experiments import models
 from experiments import reporting
+from experiments import set_eval
 from experiments import synthetic_lt
 
 AXIS = "batch"
@@ -446,6 +447,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   rfinal = flax.jax_utils.replicate(final_state)
   test_metrics, per_class = evaluate(p_eval_step, rfinal, dataset, "test", config=config,
                                      num_local_devices=num_local_devices)
+  average_k, average_k_test = set_eval.average_k_metrics(rfinal, dataset, config=config, axis_name=AXIS,
+                                                         num_local_devices=num_local_devices, posthoc_offsets=posthoc)
+  test_metrics.update(average_k_test)
   results = {
       "dataset": config.dataset,
       "loss": config.loss,
@@ -456,6 +460,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "best_epoch": None if meta["best"] is None else meta["best"]["epoch"] + 1,
       "test": test_metrics,
       "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,
+      "average_k": average_k,
       "per_class": reporting.per_class_table(dataset, per_class),
       "bayes": bayes_record(dataset, config.eval_ks),
       "train_class_counts": class_counts.tolist(),

@@ -19,7 +19,12 @@ from noised_topk_jax.losses import smooth_topk_svm_loss
 from noised_topk_jax.losses import topk_hinge_loss
 from noised_topk_jax.losses import weighted_mean
 from noised_topk_jax.metrics import accuracies_from_counts
+from noised_topk_jax.metrics import average_k_accuracy
+from noised_topk_jax.metrics import average_k_set_sizes
+from noised_topk_jax.metrics import average_k_threshold
+from noised_topk_jax.metrics import macro_average_k_accuracy
 from noised_topk_jax.metrics import macro_topk_accuracy
+from noised_topk_jax.metrics import per_class_average_k_counts
 from noised_topk_jax.metrics import per_class_topk_accuracy
 from noised_topk_jax.metrics import per_class_topk_counts
 from noised_topk_jax.metrics import topk_accuracy
@@ -34,6 +39,9 @@ __all__ = (
     "PROFILES",
     "SELECTIONS",
     "accuracies_from_counts",
+    "average_k_accuracy",
+    "average_k_set_sizes",
+    "average_k_threshold",
     "balanced_softmax_loss",
     "class_balanced_weights",
     "class_margins",
@@ -45,10 +53,12 @@ __all__ = (
     "logit_adjusted_loss",
     "logit_adjustment",
     "long_tailed_counts",
+    "macro_average_k_accuracy",
     "macro_topk_accuracy",
     "max_margin_loss",
     "noised_kth_largest",
     "noised_topk_loss",
+    "per_class_average_k_counts",
     "per_class_topk_accuracy",
     "per_class_topk_counts",
     "smooth_topk_svm_loss",

@@ -68,16 +68,16 @@ def check_scores(scores, name="scores"):
   return jnp.asarray(scores)
 
 
-def check_logits_labels(logits, labels):
-  """Validates a `(logits [..., L], labels [...])` pair and returns them as jnp arrays."""
-  logits = check_scores(logits, "logits")
+def check_logits_labels(logits, labels, name="logits"):
+  """Validates a `(logits [..., L], labels [...])` pair and returns them as jnp arrays (`name`: the first's)."""
+  logits = check_scores(logits, name)
   if not hasattr(labels, "dtype"):
     labels = np.asarray(labels)
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise TypeError(f"`labels` must have an integer dtype, got {labels.dtype}.")
   if tuple(labels.shape) != tuple(logits.shape[:-1]):
     raise ValueError(
-        f"`labels` must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}.")
+        f"`labels` must have shape {name}.shape[:-1] = {tuple(logits.shape[:-1])}, got {tuple(labels.shape)}.")
   return logits, jnp.asarray(labels)
 
 

@@ -444,3 +444,49 @@ def per_class_topk_accuracy(logits, labels, k, num_classes):
 
 def macro_topk_accuracy(logits, labels, k, num_classes):
   return accuracies_from_counts(*per_class_topk_counts(logits, labels, k, num_classes))[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Average-k (Pl@ntNet-300K): a global threshold on the probabilities, written from the dataset paper's definition.
+
+
+def average_k_threshold(probs, k):
+  """Midpoint of the (N k)-th and (N k + 1)-th largest of all N * L entries (1-indexed), from a full float64 sort;
+  for k = L (no (N L + 1)-th entry) the smallest entry, so that every entry is inside."""
+  probs = _f64(probs)
+  n, num_classes = probs.shape
+  ordered = sorted(probs.reshape(-1).tolist(), reverse=True)
+  if k == num_classes:
+    return ordered[-1]
+  return 0.5 * (ordered[n * k - 1] + ordered[n * k])
+
+
+def average_k_set_sizes(probs, threshold):
+  flat, batch_shape = _rows(probs)
+  sizes = [sum(1 for p in row if p >= threshold) for row in flat]
+  return np.asarray(sizes, np.int64).reshape(batch_shape)
+
+
+def average_k_correct(probs, labels, threshold):
+  flat, labels_flat, batch_shape = _rows(probs, labels)
+  return np.asarray([row[y] >= threshold for row, y in zip(flat, labels_flat)], bool).reshape(batch_shape)
+
+
+def average_k_accuracy(probs, labels, threshold):
+  return float(np.mean(average_k_correct(probs, labels, threshold)))
+
+
+def per_class_average_k_counts(probs, labels, threshold, num_classes, weights=None):
+  correct = average_k_correct(probs, labels, threshold).reshape(-1)
+  labels_flat = np.asarray(labels).reshape(-1)
+  w = np.ones(labels_flat.shape) if weights is None else _f64(weights).reshape(-1)
+  hits = np.zeros(num_classes)
+  total = np.zeros(num_classes)
+  for c, y, wi in zip(correct, labels_flat, w):
+    total[y] += wi
+    hits[y] += wi * c
+  return hits, total
+
+
+def macro_average_k_accuracy(probs, labels, threshold, num_classes):
+  return accuracies_from_counts(*per_class_average_k_counts(probs, labels, threshold, num_classes))[1]

@@ -257,3 +257,203 @@ def test_bad_inputs_raise_naming_the_parameter(case, use_jit):
   fn = jax.jit(call) if use_jit else call
   with pytest.raises(error, match=_names(param)):
     fn(jnp.zeros((4, 5)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Average-k (Pl@ntNet-300K): threshold on validation probabilities, sets {j : p_j >= threshold}.
+
+
+def _probs(shape, seed, kind="softmax", extra_classes=0):
+  """Probabilities `[..., L + extra_classes]` (the extra classes get probability 0 and never occur as labels)."""
+  rng = np.random.default_rng(seed)
+  if kind == "softmax":
+    x = 2.0 * rng.standard_normal(shape)
+    p = np.exp(x - x.max(-1, keepdims=True))
+  elif kind == "tied":  # few distinct values: ties everywhere, at the threshold too
+    p = rng.integers(1, 4, size=shape).astype(np.float64)
+  else:
+    raise ValueError(kind)
+  p /= p.sum(-1, keepdims=True)
+  p = np.concatenate([p, np.zeros(shape[:-1] + (extra_classes,))], axis=-1)
+  labels = rng.integers(0, shape[-1], size=shape[:-1])
+  return p.astype(np.float32), labels.astype(np.int32)
+
+
+def _released_threshold(probs, k):
+  """The released code's formula on the float32 values, in float32: `0.5 * (sorted[n*k - 1] + sorted[n*k])`."""
+  ordered = np.sort(probs.reshape(-1))[::-1]
+  n = probs.shape[0]
+  return np.float32(0.5) * (ordered[n * k - 1] + ordered[n * k])
+
+
+AVGK_CASES = [((60, 10), 1), ((60, 10), 3), ((37, 10), 9), ((60, 10), 10), ((25, 100), 5), ((1, 7), 2)]
+
+
+@pytest.mark.parametrize("kind", ["softmax", "tied"])
+@use_jit_param
+@pytest.mark.parametrize("shape,k", AVGK_CASES)
+def test_average_k_threshold(shape, k, use_jit, kind):
+  probs, _ = _probs(shape, 100 + k, kind)
+  got = _maybe_jit(functools.partial(ntk.average_k_threshold, k=k), use_jit)(jnp.asarray(probs))
+  chex.assert_shape(got, ())
+  assert got.dtype == jnp.float32
+  want = ref.average_k_threshold(probs, k)
+  np.testing.assert_allclose(float(got), want, rtol=2e-7, atol=0)
+  if k < shape[-1]:
+    # Bit for bit the released code's float32 arithmetic.
+    assert np.float32(got) == _released_threshold(probs, k)
+  # The sets it gives hold k classes on average on these probabilities, more only through ties at the threshold.
+  sizes = np.asarray(ntk.average_k_set_sizes(jnp.asarray(probs), threshold=got))
+  np.testing.assert_array_equal(sizes, ref.average_k_set_sizes(probs, float(got)))
+  if kind == "softmax":
+    assert sizes.sum() == shape[0] * k
+  else:
+    assert sizes.sum() >= shape[0] * k
+
+
+def test_average_k_threshold_ties_hand_checked():
+  probs = jnp.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]])
+  # k = 1: sorted 0.5, 0.5 | 0.25 ...: lambda = 0.375, one class per set.
+  assert float(ntk.average_k_threshold(probs, k=1)) == 0.375
+  np.testing.assert_array_equal(ntk.average_k_set_sizes(probs, threshold=0.375), [1, 1])
+  # k = 2: the 4th and 5th largest are both 0.25: lambda = 0.25 and the tied entries all enter: sets of 3, not 2.
+  assert float(ntk.average_k_threshold(probs, k=2)) == 0.25
+  np.testing.assert_array_equal(ntk.average_k_set_sizes(probs, threshold=0.25), [3, 3])
+  assert float(ntk.average_k_accuracy(probs, jnp.array([1, 2]), threshold=0.25)) == 1.0
+  # k = L: the smallest entry (the released code would index past the end).
+  assert float(ntk.average_k_threshold(probs, k=3)) == 0.25
+
+
+def test_average_k_sets_adapt_to_ambiguity():
+  # One global threshold: a confident example gets a set of 1, an ambiguous one a set of 3 (mean 2 = k).
+  probs = jnp.array([[0.97, 0.01, 0.01, 0.01], [0.32, 0.32, 0.3, 0.06]])
+  threshold = ntk.average_k_threshold(probs, k=2)
+  np.testing.assert_array_equal(ntk.average_k_set_sizes(probs, threshold=threshold), [1, 3])
+  # Top-2 would hold the label 2 of the ambiguous example out; its average-2 set holds it.
+  labels = jnp.array([0, 2])
+  assert float(ntk.topk_accuracy(probs, labels, k=2)) == 0.5
+  assert float(ntk.average_k_accuracy(probs, labels, threshold=threshold)) == 1.0
+
+
+@pytest.mark.parametrize("kind,use_jit", [("softmax", True), ("softmax", False), ("tied", True)])
+@pytest.mark.parametrize("shape,k", [((80, 10), 1), ((80, 10), 3), ((2, 30, 20), 5), ((80, 10), 10)])
+def test_average_k_accuracies_match_reference(shape, k, kind, use_jit):
+  num_classes = shape[-1] + 3  # the last three classes never occur: left out of the macro average
+  val, _ = _probs(shape, 200 + k, kind, extra_classes=3)
+  test, labels = _probs(shape, 300 + k, kind, extra_classes=3)
+  threshold = ntk.average_k_threshold(jnp.asarray(val.reshape(-1, num_classes)), k=k)
+  t = float(threshold)
+  acc = _maybe_jit(ntk.average_k_accuracy, use_jit)(jnp.asarray(test), jnp.asarray(labels), threshold=threshold)
+  macro = _maybe_jit(functools.partial(ntk.macro_average_k_accuracy, num_classes=num_classes), use_jit)(
+      jnp.asarray(test), jnp.asarray(labels), threshold=threshold)
+  correct, total = _maybe_jit(functools.partial(ntk.per_class_average_k_counts, num_classes=num_classes), use_jit)(
+      jnp.asarray(test), jnp.asarray(labels), threshold=threshold)
+  sizes = _maybe_jit(ntk.average_k_set_sizes, use_jit)(jnp.asarray(test), threshold=threshold)
+  chex.assert_shape((acc, macro), ())
+  chex.assert_shape((correct, total), (num_classes,))
+  chex.assert_shape(sizes, shape[:-1])
+  assert sizes.dtype == jnp.int32
+  np.testing.assert_allclose(float(acc), ref.average_k_accuracy(test, labels, t), rtol=0, atol=1e-6)
+  want_macro = ref.macro_average_k_accuracy(test, labels, t, num_classes)
+  np.testing.assert_allclose(float(macro), want_macro, rtol=0, atol=1e-6)
+  want_correct, want_total = ref.per_class_average_k_counts(test, labels, t, num_classes)
+  np.testing.assert_array_equal(np.asarray(correct), want_correct)
+  np.testing.assert_array_equal(np.asarray(total), want_total)
+  assert (want_total[-3:] == 0).all()
+  np.testing.assert_array_equal(np.asarray(sizes), ref.average_k_set_sizes(test, t))
+  # The (N k + 1)-th largest validation entry is at least 0: lambda > 0 keeps the never-seen classes (p = 0) out.
+  assert t > 0 and (np.asarray(sizes) <= shape[-1]).all()
+
+
+def test_average_k_accuracy_traced_threshold():
+  probs, labels = _probs((50, 10), 400)
+  threshold = ntk.average_k_threshold(jnp.asarray(probs), k=2)
+  fn = jax.jit(lambda p, y, t: (ntk.average_k_accuracy(p, y, threshold=t),
+                                ntk.macro_average_k_accuracy(p, y, threshold=t, num_classes=10)))
+  acc, macro = fn(jnp.asarray(probs), jnp.asarray(labels), threshold)
+  np.testing.assert_allclose(float(acc), ref.average_k_accuracy(probs, labels, float(threshold)), atol=1e-6)
+  np.testing.assert_allclose(float(macro), ref.macro_average_k_accuracy(probs, labels, float(threshold), 10),
+                             atol=1e-6)
+
+
+def test_average_k_counts_stream_over_batches_padding_and_devices():
+  assert jax.device_count() == 2
+  probs, labels = _probs((2, 32, 10), 500, "tied")
+  threshold = float(ntk.average_k_threshold(jnp.asarray(probs.reshape(-1, 10)), k=3))
+  fn = jax.jit(functools.partial(ntk.per_class_average_k_counts, threshold=threshold, num_classes=12))
+  full = fn(jnp.asarray(probs.reshape(-1, 10)), jnp.asarray(labels.reshape(-1)))
+  want = ref.per_class_average_k_counts(probs, labels, threshold, 12)
+  chex.assert_trees_all_close(full, tuple(np.float32(w) for w in want), rtol=0, atol=0)
+  halves = jax.tree.map(lambda a, b: a + b, fn(jnp.asarray(probs[0]), jnp.asarray(labels[0])),
+                        fn(jnp.asarray(probs[1]), jnp.asarray(labels[1])))
+  chex.assert_trees_all_close(halves, full, rtol=0, atol=0)
+  # Padding with weight 0 changes nothing; without the mask it does.
+  junk, junk_labels = _probs((8, 10), 501)
+  padded = (jnp.asarray(np.concatenate([probs[0], junk])), jnp.asarray(np.concatenate([labels[0], junk_labels])))
+  mask = jnp.asarray(np.concatenate([np.ones(32), np.zeros(8)]), jnp.float32)
+  chex.assert_trees_all_close(fn(*padded, weights=mask), fn(jnp.asarray(probs[0]), jnp.asarray(labels[0])),
+                              rtol=0, atol=0)
+  assert float(fn(*padded)[1].sum()) == 40.0
+  # Summed over two devices with psum.
+  per_device = jax.pmap(lambda p, y: jax.lax.psum(ntk.per_class_average_k_counts(
+      p, y, threshold=threshold, num_classes=12), "d"), axis_name="d")
+  correct, total = per_device(jnp.asarray(probs), jnp.asarray(labels))
+  for d in range(2):
+    np.testing.assert_array_equal(np.asarray(correct[d]), want[0])
+    np.testing.assert_array_equal(np.asarray(total[d]), want[1])
+
+
+def test_average_k_bfloat16_and_float64():
+  probs, labels = _probs((40, 10), 600)
+  p16 = jnp.asarray(probs, jnp.bfloat16)
+  exact = np.asarray(p16, np.float64)
+  t16 = ntk.average_k_threshold(p16, k=2)
+  assert t16.dtype == jnp.float32  # half precision: threshold and comparisons in float32
+  np.testing.assert_allclose(float(t16), ref.average_k_threshold(exact, 2), rtol=1e-7)
+  np.testing.assert_array_equal(np.asarray(ntk.average_k_set_sizes(p16, threshold=t16)),
+                                ref.average_k_set_sizes(exact, float(t16)))
+  np.testing.assert_allclose(float(ntk.average_k_accuracy(p16, labels, threshold=t16)),
+                             ref.average_k_accuracy(exact, labels, float(t16)), atol=1e-6)
+  with jax.enable_x64(True):
+    p64 = np.random.default_rng(601).dirichlet(np.ones(10), size=40)
+    t64 = ntk.average_k_threshold(jnp.asarray(p64), k=3)
+    assert t64.dtype == jnp.float64
+    assert float(t64) == ref.average_k_threshold(p64, 3)
+    np.testing.assert_allclose(float(ntk.macro_average_k_accuracy(jnp.asarray(p64), labels, threshold=t64,
+                                                                  num_classes=10)),
+                               ref.macro_average_k_accuracy(p64, labels, float(t64), 10), atol=1e-12)
+
+
+def _bad_average_k_calls():
+  y = jnp.zeros((4,), jnp.int32)
+  return [
+      ("k", ValueError, lambda p: ntk.average_k_threshold(p, k=0)),
+      ("k", ValueError, lambda p: ntk.average_k_threshold(p, k=6)),
+      ("k", TypeError, lambda p: ntk.average_k_threshold(p, k=2.0)),
+      ("probs", ValueError, lambda p: ntk.average_k_threshold(p[0], k=1)),
+      ("probs", ValueError, lambda p: ntk.average_k_threshold(p[None], k=1)),
+      ("probs", ValueError, lambda p: ntk.average_k_threshold(p[:0], k=1)),
+      ("probs", TypeError, lambda p: ntk.average_k_threshold(p.astype(jnp.int32), k=1)),
+      ("probs", TypeError, lambda p: ntk.average_k_accuracy(p.astype(jnp.int32), y, threshold=0.1)),
+      ("threshold", ValueError, lambda p: ntk.average_k_accuracy(p, y, threshold=float("nan"))),
+      ("threshold", ValueError, lambda p: ntk.average_k_set_sizes(p, threshold=float("inf"))),
+      ("threshold", ValueError, lambda p: ntk.macro_average_k_accuracy(p, y, threshold=-np.inf, num_classes=5)),
+      ("threshold", ValueError, lambda p: ntk.per_class_average_k_counts(p, y, threshold=jnp.array([0.1, 0.2]),
+                                                                         num_classes=5)),
+      ("threshold", TypeError, lambda p: ntk.average_k_accuracy(p, y, threshold="0.1")),
+      ("labels", ValueError, lambda p: ntk.average_k_accuracy(p, jnp.zeros((3,), jnp.int32), threshold=0.1)),
+      ("labels", TypeError, lambda p: ntk.macro_average_k_accuracy(p, jnp.zeros(4), threshold=0.1, num_classes=5)),
+      ("num_classes", ValueError, lambda p: ntk.per_class_average_k_counts(p, y, threshold=0.1, num_classes=0)),
+      ("weights", ValueError, lambda p: ntk.per_class_average_k_counts(p, y, threshold=0.1, num_classes=5,
+                                                                       weights=jnp.ones(3))),
+  ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_average_k_calls())),
+                         ids=[f"{i}-{c[0]}" for i, c in enumerate(_bad_average_k_calls())])
+@use_jit_param
+def test_average_k_bad_inputs_raise_naming_the_parameter(case, use_jit):
+  param, error, call = _bad_average_k_calls()[case]
+  fn = jax.jit(call) if use_jit else call
+  with pytest.raises(error, match=_names(param)):
+    fn(jnp.full((4, 5), 0.2))
