@@ -32,6 +32,8 @@ LOSS_HYPERPARAMETERS = {
     "epsilon": ("noised_balanced", "noised_imbalanced"),
     "num_samples": ("noised_balanced", "noised_imbalanced"),
     "antithetic": ("noised_balanced", "noised_imbalanced"),
+    # mm_ldam: the rarest class's LDAM margin, which lowers its delta_minus; the authors' HMMLoss fixes it at 0.5
+    # (its `max_m` is delta_minus), the MM-LDAM presets set 0.5 explicitly (the field's default is 0.2).
     "max_margin": ("ldam", "mm_ldam", "noised_imbalanced"),
     "scale": ("ldam", "mm", "mm_ldam", "noised_imbalanced"),
     "gamma": ("focal",),

@@ -72,7 +72,8 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
     margins = ntk.class_margins(class_counts, max_margin=config.max_margin)
     return lambda logits, labels, key: ntk.ldam_loss(logits, labels, margins=margins, scale=config.scale)
   if name in ("mm", "mm_ldam"):
-    ldam_margins = ntk.class_margins(class_counts, max_margin=0.5) if name == "mm_ldam" else None
+    # MM-LDAM: the rarest class's LDAM margin is `max_margin` (0.5 in the authors' code and in every preset).
+    ldam_margins = ntk.class_margins(class_counts, max_margin=config.max_margin) if name == "mm_ldam" else None
     return lambda logits, labels, key: ntk.max_margin_loss(
         logits, labels, delta_minus=config.mm_delta_minus, beta=config.mm_beta, scale=config.scale,
         ldam_margins=ldam_margins, reference_code_compat=config.mm_reference_code_compat)

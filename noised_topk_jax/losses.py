@@ -431,9 +431,11 @@ def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float,
     \quad \delta^+ = \beta \delta^-, \quad
     \ell = \mathrm{CE}(\mathrm{scale} \cdot (z - \Delta e_y), y)
 
-  The gap `g` carries no gradient. With `ldam_margins`, the margins are first normalized to a maximum of 0.5 and
-  the shifts become per class: `delta_minus_y = delta_minus - m_y`, `delta_plus_y = beta * delta_minus_y` (the
-  LDAM margin itself is not subtracted from the logit).
+  The gap `g` carries no gradient. With `ldam_margins` `m` (used as given) the shifts become per class:
+  `delta_minus_y = delta_minus - m_y`, `delta_plus_y = beta * delta_minus_y` (the LDAM margin itself is not
+  subtracted from the logit). The authors' `HMMLoss` builds `m` as `n_y^(-1/4)` scaled so that the rarest class
+  gets 0.5, a constant written into its code (its `max_m` argument is `delta_minus`, not this maximum):
+  `class_margins(counts, max_margin=0.5)` reproduces it.
 
   `reference_code_compat=True` reproduces two behaviours of the authors' released code on which its published
   numbers depend (2-D logits only): the "positive" logit of every row is read from the column of the *first*
@@ -445,7 +447,7 @@ def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float,
     delta_minus: the shift `delta^-` of misclassified examples.
     beta: `delta^+ = beta * delta^-`.
     scale: logit scale (the released scripts use 19 for MM and 26 for MM-LDAM on CIFAR-100-LT).
-    ldam_margins: optional per-class LDAM margins `[L]` (MM-LDAM).
+    ldam_margins: optional per-class LDAM margins `[L]` (MM-LDAM), e.g. `class_margins(counts, max_margin=0.5)`.
     reference_code_compat: reproduce the released code's quirks (see above).
 
   Returns:
@@ -481,9 +483,7 @@ def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float,
   d_minus = jnp.asarray(delta_minus, x.dtype)
   if ldam_margins is not None:
     _checks.per_class_array(ldam_margins, num_classes, "ldam_margins", allow_scalar=False)
-    m = jnp.asarray(ldam_margins, x.dtype)
-    m = m * (0.5 / jnp.max(m))
-    d_minus = d_minus - m[labels]
+    d_minus = d_minus - jnp.asarray(ldam_margins, x.dtype)[labels]
   d_plus = beta * d_minus
   delta = jnp.where(gap > 0, jnp.exp(-gap - d_plus),
                     jnp.where(gap < 0, jnp.exp(-jnp.abs(gap) - d_minus), 0.0))

@@ -294,11 +294,6 @@ def smooth_topk_svm_k1_closed_form(logits, labels, tau, alpha=1.0):
   return loss.reshape(batch_shape)
 
 
-def normalized_ldam_margins(ldam_margins):
-  m = _f64(ldam_margins)
-  return m * (0.5 / np.max(m))
-
-
 def max_margin_delta(gap, delta_minus, delta_plus):
   if gap > 0:
     return math.exp(-gap - delta_plus)
@@ -316,7 +311,7 @@ def max_margin_loss(logits, labels, delta_minus, beta, scale, ldam_margins=None,
     assert logits.ndim == 2
   flat, labels_flat, batch_shape = _rows(logits, labels)
   first_label = int(labels_flat[0]) if labels_flat.size else 0
-  margins = None if ldam_margins is None else normalized_ldam_margins(ldam_margins)
+  margins = None if ldam_margins is None else _f64(ldam_margins)
   loss = np.empty(flat.shape[0])
   grad = np.empty_like(flat)
   deltas = np.empty(flat.shape[0])

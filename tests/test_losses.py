@@ -533,6 +533,27 @@ def test_max_margin_gap_carries_no_gradient():
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=RTOL, atol=1e-4)
 
 
+def test_max_margin_ldam_margins_are_used_as_given():
+  # delta_minus_y = delta_minus - m_y with m as passed, not rescaled to a maximum of 0.5 (so that `max_margin` of
+  # the trainer's mm_ldam matters): equal margins c are plain MM with delta_minus - c.
+  logits, labels = _mm_inputs((8, 10), 57, False)
+  args = dict(beta=1.528, scale=26.0)
+  for c in (0.2, 0.5):
+    with_margins = ntk.max_margin_loss(logits, labels, delta_minus=1.29, ldam_margins=jnp.full((10,), c), **args)
+    shifted = ntk.max_margin_loss(logits, labels, delta_minus=1.29 - c, **args)
+    np.testing.assert_allclose(with_margins, shifted, rtol=RTOL, atol=ATOL)
+  # Per-class margins against the reference, for two maxima of `class_margins`: different losses.
+  counts = ref.long_tailed_counts(10, 500, 100.0)
+  got = {}
+  for max_margin in (0.5, 0.2):
+    m = ref.class_margins(counts, max_margin)
+    got[max_margin] = np.asarray(ntk.max_margin_loss(logits, labels, delta_minus=1.29,
+                                                     ldam_margins=jnp.asarray(m, jnp.float32), **args))
+    want = ref.max_margin_loss(logits, labels, 1.29, 1.528, 26.0, m)[0]
+    np.testing.assert_allclose(got[max_margin], want, rtol=RTOL, atol=1e-5 * 26.0)
+  assert np.max(np.abs(got[0.5] - got[0.2])) > 1e-2
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # weighted_mean.
 

@@ -21,6 +21,7 @@ from experiments import train_lib
 import noised_topk_jax as ntk
 from tests import fake_data
 from tests import optional
+from tests import reference as ref
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -489,3 +490,47 @@ def test_two_processes_match_one_process_with_two_devices(fashion_dir, tmp_path)
                              [r["train"]["loss"] for r in b["history"]], rtol=1e-4)
   for key in a["test"]:
     assert abs(a["test"][key] - b["test"][key]) <= 0.02, key
+
+
+def _mm_batch(num_classes, size, seed):
+  """Cosine-like logits in [-1, 1] and labels, with the gaps of the MM loss on both sides of 0."""
+  rng = np.random.default_rng(seed)
+  return (jnp.asarray(rng.uniform(-1, 1, (size, num_classes)), jnp.float32),
+          jnp.asarray(rng.integers(0, num_classes, size), jnp.int32))
+
+
+def _loss_on_one_device(loss_fn, logits, labels):
+  """`loss_fn` as train_step runs it: under the device axis (here a single device)."""
+  return np.asarray(jax.vmap(loss_fn, axis_name=train_lib.AXIS, in_axes=(0, 0, None))(logits[None], labels[None],
+                                                                                          None)[0])
+
+
+def test_mm_ldam_loss_reads_max_margin():
+  # `max_margin` is the rarest class's LDAM margin of mm_ldam (it used to be ignored, fixed at 0.5).
+  counts = np.array([500, 120, 40, 9])
+  logits, labels = _mm_batch(4, 16, 2)
+  cfg = config_lib.validate(config_lib.Config(loss="mm_ldam", mm_delta_minus=1.29, mm_beta=1.528, scale=26.0),
+                            explicitly_set={"max_margin"})
+  got = {}
+  for max_margin in (0.5, 0.3):
+    got[max_margin] = _loss_on_one_device(train_lib.make_loss_fn(cfg.replace(max_margin=max_margin), counts),
+                                          logits, labels)
+    want = ref.max_margin_loss(logits, labels, 1.29, 1.528, 26.0, ref.class_margins(counts, max_margin))[0]
+    np.testing.assert_allclose(got[max_margin], want, rtol=1e-5, atol=1e-4)
+  assert np.max(np.abs(got[0.5] - got[0.3])) > 1e-2
+
+
+def test_mm_ldam_presets_keep_the_margins_they_trained_with():
+  # Every MM-LDAM preset (MM Table 1: 8 columns; Fashion-MNIST-LT and synthetic_lt: 2 settings each) sets
+  # max_margin 0.5, the authors' constant and the value the trainer used before it read the field: same loss.
+  names = sorted(n for n, p in configs.PRESETS.items() if p.config.loss == "mm_ldam")
+  assert len(names) == 8 + 2 + 2, names
+  counts = np.array([5000, 1200, 400, 90, 50])
+  logits, labels = _mm_batch(5, 32, 3)
+  for name in names:
+    cfg = configs.get_preset(name).config
+    assert cfg.max_margin == 0.5, name
+    got = _loss_on_one_device(train_lib.make_loss_fn(cfg, counts), logits, labels)
+    want = ref.max_margin_loss(logits, labels, cfg.mm_delta_minus, cfg.mm_beta, cfg.scale,
+                               ref.class_margins(counts, 0.5), cfg.mm_reference_code_compat)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)

@@ -70,7 +70,8 @@ def method_config(base: config_lib.Config, method: str, column) -> config_lib.Co
       "m_drw": dict(loss="ce", train_rule="drw"),
       "ldam_drw": dict(train_rule="drw", **ldam),
       "mm_drw": dict(loss="mm", train_rule="drw", scale=19.0 if released else 30.0, **mm),
-      "mm_ldam_drw": dict(loss="mm_ldam", train_rule="drw", scale=26.0 if released else 30.0, **mm),
+      # LDAM margins scaled to 0.5 for the rarest class, the constant of the authors' HMMLoss.
+      "mm_ldam_drw": dict(loss="mm_ldam", train_rule="drw", scale=26.0 if released else 30.0, max_margin=0.5, **mm),
   }[method]
   return base.replace(**changes)
 

@@ -64,7 +64,8 @@ METHODS = {
     "ldam_drw": ("LDAM-DRW", dict(train_rule="drw", **_LDAM), False),
     "mm": ("MM", dict(loss="mm"), False),
     "mm_drw": ("MM-DRW", dict(loss="mm", train_rule="drw"), False),
-    "mm_ldam_drw": ("MM-LDAM-DRW", dict(loss="mm_ldam", train_rule="drw"), False),
+    # LDAM margins scaled to 0.5 for the rarest class, the constant of the authors' HMMLoss.
+    "mm_ldam_drw": ("MM-LDAM-DRW", dict(loss="mm_ldam", train_rule="drw", max_margin=0.5), False),
     "topk_hinge": ("top-K hinge", dict(loss="topk_hinge"), True),
     "smooth_svm": ("smooth top-K SVM", dict(loss="smooth_svm", tau=0.1, svm_alpha=1.0), True),
     "noised_balanced": ("noised top-K, balanced", dict(loss="noised_balanced", epsilon=1.0, num_samples=5), True),

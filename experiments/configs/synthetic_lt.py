@@ -47,7 +47,8 @@ METHODS = {
     "ldam": ("LDAM", _LDAM, False),
     "ldam_drw": ("LDAM-DRW", dict(train_rule="drw", **_LDAM), False),
     "mm_drw": ("MM-DRW", dict(loss="mm", train_rule="drw", **_MM), False),
-    "mm_ldam_drw": ("MM-LDAM-DRW", dict(loss="mm_ldam", train_rule="drw", **_MM), False),
+    # LDAM margins scaled to 0.5 for the rarest class, the constant of the authors' HMMLoss.
+    "mm_ldam_drw": ("MM-LDAM-DRW", dict(loss="mm_ldam", train_rule="drw", max_margin=0.5, **_MM), False),
     "la": ("LA loss (tau 1)", dict(loss="logit_adjusted", tau=1.0), False),
     "ce_posthoc_la": ("CE + post-hoc LA (tau 1)", dict(loss="ce", posthoc_tau=1.0), False),
     "balanced_softmax": ("Balanced softmax", dict(loss="balanced_softmax"), False),
