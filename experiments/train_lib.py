@@ -2,8 +2,9 @@
 
 The train step is a pure function of `(state, batch, rng)` (plus the current class weights), `jax.pmap`-ed over the
 local devices: gradients are summed with `lax.psum` over the global batch, batch-norm statistics are synchronized
-with `lax.pmean` inside the model, and the loss noise of each example is drawn from a key that folds in the step and
-the example's position in the global batch (`example_keys`), not the device. 1 device, n devices and several hosts
+with `lax.pmean` inside the model, the loss noise of each example is drawn from a key that folds in the step and
+the example's position in the global batch (`example_keys`), not the device, and the MM losses' compat mode reads
+the global batch's first label (`first_of_global_batch`), not the shard's. 1 device, n devices and several hosts
 therefore train the same model, up to the floating-point order of the reductions (tested for one step and one
 epoch, with and without noise, in tests/test_train.py). A single CPU device is the degenerate case of the same code.
 """
@@ -53,7 +54,9 @@ def make_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callabl
   """Returns `loss_fn(logits, labels, keys) -> per-example losses` for `config.loss` (`keys`: one typed key per
   example, see `example_keys`; only the noised losses use them), with the logit-adjustment
   offsets of `config.logit_adjustment_tau` added to the logits first when it is > 0. When
-  `weights_inside_loss(config)` (focal), it also takes the per-example class weights, `weights=`."""
+  `weights_inside_loss(config)` (focal), it also takes the per-example class weights, `weights=`.
+  Call it on a device's shard under `pmap(axis_name=AXIS)`, as `train_step` does: the MM losses with
+  `mm_reference_code_compat` read the first label of the global batch (`first_of_global_batch`)."""
   loss_fn = _base_loss_fn(config, class_counts)
   if not config.logit_adjustment_tau:
     return loss_fn
@@ -74,9 +77,15 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
   if name in ("mm", "mm_ldam"):
     # MM-LDAM: the rarest class's LDAM margin is `max_margin` (0.5 in the authors' code and in every preset).
     ldam_margins = ntk.class_margins(class_counts, max_margin=config.max_margin) if name == "mm_ldam" else None
-    return lambda logits, labels, key: ntk.max_margin_loss(
-        logits, labels, delta_minus=config.mm_delta_minus, beta=config.mm_beta, scale=config.scale,
-        ldam_margins=ldam_margins, reference_code_compat=config.mm_reference_code_compat)
+
+    def mm_loss(logits, labels, key):
+      # The released code reads every row's "positive" column from its batch's first label, the whole batch's:
+      # under pmap, the global batch's first label, not each shard's (the same update on 1 and n devices).
+      first = first_of_global_batch(labels) if config.mm_reference_code_compat else None
+      return ntk.max_margin_loss(
+          logits, labels, delta_minus=config.mm_delta_minus, beta=config.mm_beta, scale=config.scale,
+          ldam_margins=ldam_margins, reference_code_compat=config.mm_reference_code_compat, reference_label=first)
+    return mm_loss
   if name == "smooth_svm":
     return lambda logits, labels, key: ntk.smooth_topk_svm_loss(
         logits, labels, k=config.k, tau=config_lib.loss_tau(config), alpha=config.svm_alpha)
@@ -153,6 +162,12 @@ def example_keys(rng, step, num_local_examples):
   step_key = jax.random.fold_in(rng, step)
   positions = lax.axis_index(AXIS) * num_local_examples + jnp.arange(num_local_examples)
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, positions)
+
+
+def first_of_global_batch(x):
+  """`x[0]` of the first device's shard, i.e. the first entry of the global batch (shards are consecutive blocks
+  of it, across hosts too), on every device. Call under `pmap(axis_name=AXIS)`."""
+  return lax.all_gather(x[0], AXIS)[0]
 
 
 def train_step(state: TrainState, batch, rng, class_weights, *, loss_fn, schedule, weights_inside=False):
@@ -309,9 +324,10 @@ def _check_against_dataset(config, dataset, loss_fn, num_devices):
     raise ValueError(f"`eval_ks` {bad} exceed the number of classes {num_classes} of {dataset.name}.")
   if config.batch_size % num_devices:
     raise ValueError(f"`batch_size`={config.batch_size} must be divisible by the number of devices ({num_devices}).")
-  # Trace the loss once on abstract inputs: a bad hyperparameter (k >= L, ...) fails now, not after data loading.
-  jax.eval_shape(loss_fn, jax.ShapeDtypeStruct((2, num_classes), jnp.float32),
-                 jax.ShapeDtypeStruct((2,), jnp.int32), jax.random.split(jax.random.key(0), 2))
+  # Trace the loss once on abstract inputs, under the device axis as train_step runs it: a bad hyperparameter
+  # (k >= L, ...) fails now, not after data loading.
+  jax.eval_shape(jax.vmap(loss_fn, axis_name=AXIS), jax.ShapeDtypeStruct((1, 2, num_classes), jnp.float32),
+                 jax.ShapeDtypeStruct((1, 2), jnp.int32), jax.random.split(jax.random.key(0), (1, 2)))
 
 
 def bayes_record(dataset: input_pipeline.Dataset, ks) -> dict | None:

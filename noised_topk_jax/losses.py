@@ -422,7 +422,8 @@ def smooth_topk_svm_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, tau: f
 
 
 def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float, beta: float, scale: ArrayLike,
-                    ldam_margins: Optional[ArrayLike] = None, reference_code_compat: bool = False) -> jax.Array:
+                    ldam_margins: Optional[ArrayLike] = None, reference_code_compat: bool = False,
+                    reference_label: Optional[ArrayLike] = None) -> jax.Array:
   r"""Maximum-Margin (MM) loss, optionally combined with LDAM margins (MM-LDAM).
 
   .. math::
@@ -439,7 +440,9 @@ def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float,
 
   `reference_code_compat=True` reproduces two behaviours of the authors' released code on which its published
   numbers depend (2-D logits only): the "positive" logit of every row is read from the column of the *first*
-  example's label, and the maximum over negatives is taken on `z * (1 - onehot_y)`, i.e. floored at 0.
+  example's label, and the maximum over negatives is taken on `z * (1 - onehot_y)`, i.e. floored at 0. That code
+  runs one process on the whole batch; a data-parallel caller, whose devices each see a shard, passes the first
+  label of the global batch as `reference_label` so that every shard reads the column one device would.
 
   Args:
     logits: floating array `[..., L]` (`[N, L]` in compat mode).
@@ -449,6 +452,8 @@ def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float,
     scale: logit scale (the released scripts use 19 for MM and 26 for MM-LDAM on CIFAR-100-LT).
     ldam_margins: optional per-class LDAM margins `[L]` (MM-LDAM), e.g. `class_margins(counts, max_margin=0.5)`.
     reference_code_compat: reproduce the released code's quirks (see above).
+    reference_label: compat mode only: an integer scalar in `[0, L)`, the label whose column gives every row's
+      "positive" logit (default `labels[0]`).
 
   Returns:
     The per-example loss, shape `labels.shape`.
@@ -468,12 +473,25 @@ def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float,
     _checks.check_scalar(value, name)
   if not isinstance(reference_code_compat, bool):
     raise TypeError(f"`reference_code_compat` must be a bool, got {reference_code_compat!r}.")
+  if reference_label is not None and not reference_code_compat:
+    raise ValueError("`reference_label` is only read with `reference_code_compat=True`.")
   onehot = _onehot(labels, num_classes, x.dtype)
   z = lax.stop_gradient(x)
   if reference_code_compat:
     if x.ndim != 2:
       raise ValueError(f"`reference_code_compat=True` needs 2-D logits [N, L], got shape {x.shape}.")
-    positive = z[:, labels[0]]
+    if reference_label is None:
+      reference_label = labels[0]
+    else:
+      label = jnp.asarray(reference_label)
+      if not jnp.issubdtype(label.dtype, jnp.integer):
+        raise TypeError(f"`reference_label` must be an integer label, got dtype {label.dtype}.")
+      if label.ndim != 0:
+        raise ValueError(f"`reference_label` must be a scalar, got shape {label.shape}.")
+      value = _checks.concrete_float(reference_label)
+      if value is not None and not 0 <= value < num_classes:
+        raise ValueError(f"`reference_label` must be in [0, {num_classes}), got {int(value)}.")
+    positive = z[:, reference_label]
     negative = jnp.max(z * (1.0 - onehot), axis=-1)
   else:
     positive = _label_value(z, labels)

@@ -302,7 +302,8 @@ def max_margin_delta(gap, delta_minus, delta_plus):
   return 0.0
 
 
-def max_margin_loss(logits, labels, delta_minus, beta, scale, ldam_margins=None, reference_code_compat=False):
+def max_margin_loss(logits, labels, delta_minus, beta, scale, ldam_margins=None, reference_code_compat=False,
+                    reference_label=None):
   """Explicit loop over examples. Returns (loss, gradient with Delta held constant, Delta, gap g)."""
   logits = _f64(logits)
   labels = np.asarray(labels).astype(np.int64)
@@ -310,7 +311,7 @@ def max_margin_loss(logits, labels, delta_minus, beta, scale, ldam_margins=None,
   if reference_code_compat:
     assert logits.ndim == 2
   flat, labels_flat, batch_shape = _rows(logits, labels)
-  first_label = int(labels_flat[0]) if labels_flat.size else 0
+  first_label = int(labels_flat[0]) if reference_label is None else int(reference_label)
   margins = None if ldam_margins is None else _f64(ldam_margins)
   loss = np.empty(flat.shape[0])
   grad = np.empty_like(flat)

@@ -554,6 +554,24 @@ def test_max_margin_ldam_margins_are_used_as_given():
   assert np.max(np.abs(got[0.5] - got[0.2])) > 1e-2
 
 
+@use_jit_param
+def test_max_margin_compat_reference_label(use_jit):
+  # `reference_label` replaces labels[0] as the column read for every row (a data-parallel caller passes the global
+  # batch's first label); a traced label works under jit.
+  logits, labels = _mm_inputs((8, 10), 58, True)
+  reference = (int(labels[0]) + 3) % 10
+  fn = lambda s, y, r: ntk.max_margin_loss(s, y, delta_minus=0.5, beta=10.0, scale=5.0, reference_code_compat=True,
+                                           reference_label=r)
+  fn = jax.jit(fn) if use_jit else fn
+  got = np.asarray(fn(jnp.asarray(logits), jnp.asarray(labels), jnp.int32(reference)))
+  want = ref.max_margin_loss(logits, labels, 0.5, 10.0, 5.0, None, True, reference)[0]
+  np.testing.assert_allclose(got, want, rtol=RTOL, atol=5 * ATOL)
+  default = ref.max_margin_loss(logits, labels, 0.5, 10.0, 5.0, None, True)[0]
+  assert np.max(np.abs(want - default)) > 1e-2
+  np.testing.assert_allclose(np.asarray(fn(jnp.asarray(logits), jnp.asarray(labels), labels[0])), default,
+                             rtol=RTOL, atol=5 * ATOL)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # weighted_mean.
 
@@ -769,6 +787,7 @@ def _bad_loss_calls():
   noise = jnp.zeros((2, 3, 5))
   y = jnp.zeros((3,), jnp.int32)
   nl = ntk.noised_topk_loss
+  mm = lambda s, **kwargs: ntk.max_margin_loss(s, y, delta_minus=0.5, beta=1.0, scale=1.0, **kwargs)
   return [
       ("labels", TypeError, lambda s: ntk.cross_entropy_loss(s, jnp.zeros((3,), jnp.float32))),
       ("labels", ValueError, lambda s: ntk.cross_entropy_loss(s, jnp.zeros((4,), jnp.int32))),
@@ -812,6 +831,10 @@ def _bad_loss_calls():
       ("weights", ValueError, lambda s: ntk.weighted_mean(s[:, 0], jnp.ones(4))),
       ("ldam_margins", ValueError, lambda s: ntk.max_margin_loss(s, y, delta_minus=0.5, beta=1.0, scale=1.0,
                                                                  ldam_margins=jnp.ones(4))),
+      ("reference_label", ValueError, lambda s: mm(s, reference_label=0)),
+      ("reference_label", TypeError, lambda s: mm(s, reference_code_compat=True, reference_label=1.0)),
+      ("reference_label", ValueError, lambda s: mm(s, reference_code_compat=True, reference_label=jnp.zeros(3, int))),
+      ("reference_label", ValueError, lambda s: mm(s, reference_code_compat=True, reference_label=5)),
   ]
 
 

@@ -534,3 +534,38 @@ def test_mm_ldam_presets_keep_the_margins_they_trained_with():
     want = ref.max_margin_loss(logits, labels, cfg.mm_delta_minus, cfg.mm_beta, cfg.scale,
                                ref.class_margins(counts, 0.5), cfg.mm_reference_code_compat)[0]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_mm_compat_loss_reads_the_first_label_of_the_global_batch():
+  # The released code's "positive" column is its batch's first label; with the batch split over 2 devices, both
+  # shards read the global batch's first label (the second shard's own first label differs here).
+  counts = np.array([5000, 1200, 400, 90, 50])
+  logits, labels = _mm_batch(5, 16, 4)
+  labels = labels.at[8].set((labels[0] + 1) % 5)
+  cfg = config_lib.Config(loss="mm_ldam", max_margin=0.5, mm_delta_minus=0.6, mm_beta=1.5, scale=30.0,
+                          mm_reference_code_compat=True)
+  loss_fn = train_lib.make_loss_fn(cfg, counts)
+  got = jax.pmap(loss_fn, axis_name=train_lib.AXIS, in_axes=(0, 0, None))(
+      logits.reshape(2, 8, 5), labels.reshape(2, 8), None)
+  margins = ref.class_margins(counts, 0.5)
+  want = ref.max_margin_loss(logits, labels, 0.6, 1.5, 30.0, margins, True, int(labels[0]))[0]
+  np.testing.assert_allclose(np.asarray(got).reshape(-1), want, rtol=1e-5, atol=1e-4)
+  per_shard = ref.max_margin_loss(logits[8:], labels[8:], 0.6, 1.5, 30.0, margins, True)[0]
+  assert np.max(np.abs(want[8:] - per_shard)) > 1e-2
+
+
+def test_mm_compat_two_devices_match_one_device(fashion_dir):
+  # A compat-mode MM-LDAM preset's train steps on 1 and 2 devices give the same parameters (each shard used to
+  # read its own first label, so the split changed the update).
+  preset = configs.get_preset("cifar10_lt_exp100_mm_ldam_drw").config
+  mm_fields = ("loss", "normalized_head", "max_margin", "scale", "mm_delta_minus", "mm_beta",
+               "mm_reference_code_compat")
+  config = tiny_fashion_config(fashion_dir, **{f: getattr(preset, f) for f in mm_fields})
+  assert config.mm_reference_code_compat
+  dataset = _tiny_dataset(fashion_dir)
+  batches = list(dataset.train_batches(epoch=0, batch_size=32, seed=0))[:3]
+  assert all(b["label"][0] != b["label"][16] for b in batches)  # the two shards' first labels differ
+  one, m1 = _train_steps(1, batches, config, dataset)
+  two, m2 = _train_steps(2, batches, config, dataset)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5), one.params, two.params)
+  np.testing.assert_allclose([m["loss"] for m in m1], [m["loss"] for m in m2], rtol=1e-5)
