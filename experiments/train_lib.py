@@ -94,6 +94,9 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
     return lambda logits, labels, key: ntk.logit_adjusted_loss(logits, labels, class_counts=class_counts, tau=tau)
   if name == "balanced_softmax":
     return lambda logits, labels, key: ntk.balanced_softmax_loss(logits, labels, class_counts=class_counts)
+  if name == "vs":
+    gamma, tau = config.vs_gamma, config_lib.loss_tau(config)
+    return lambda logits, labels, key: ntk.vs_loss(logits, labels, class_counts=class_counts, gamma=gamma, tau=tau)
   raise ValueError(f"`loss` must be one of {config_lib.LOSSES}, got {name!r}.")
 
 
@@ -289,7 +292,7 @@ def create_train_state(config, dataset, steps_per_epoch):
 
 def _logit_adjustment_record(config):
   """What results.json says about logit adjustment: the tau used in training and the logits evaluated."""
-  if config.loss == "logit_adjusted":
+  if config.loss in ("logit_adjusted", "vs"):
     training_tau = config_lib.loss_tau(config)
   elif config.loss == "balanced_softmax":
     training_tau = 1.0
