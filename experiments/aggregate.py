@@ -51,6 +51,29 @@ def collect_cells(grid, runs, results, metric=None) -> Dict[Cell, List[float]]:
   return cells
 
 
+def train_fit_cells(runs, results) -> Dict[Tuple[str, str], Dict[Tuple[int, ...], List[float]]]:
+  """(row, setting) -> {the K the run's model fills: per-seed train-fit top-1 (%)}, from the runs whose results.json
+  has a `train_fit` (runs made before it existed have none, and their tables keep their old columns)."""
+  out = {}
+  for run in runs:
+    fit = results.get(run.name, {}).get("train_fit")
+    if fit is not None:
+      out.setdefault((run.row, run.setting), {}).setdefault(tuple(run.ks), []).append(100.0 * fit["top1_accuracy"])
+  return out
+
+
+def _train_fit_text(by_ks):
+  """Mean over seeds; a row whose top-K losses train one model per K shows one mean per model, in K order."""
+  if not by_ks:
+    return "—"
+  return " / ".join(f"{np.mean(by_ks[ks]):.2f}" for ks in sorted(by_ks))
+
+
+TRAIN_FIT_NOTE = ("- Train fit top-1: top-1 accuracy of each run's last-epoch model on its training split (evaluation "
+                  "mode, no augmentation; a fixed subset of 10,000 examples when the split is larger), mean over "
+                  "seeds; rows that train one model per K show one value per model, in K order.")
+
+
 def mean_std(values):
   values = np.asarray(values, np.float64)
   std = float(values.std(ddof=1)) if values.size > 1 else float("nan")
@@ -74,21 +97,25 @@ def _column_best(grid, cells, s, k, metric=None):
   return pick(means, key=means.get)
 
 
-def markdown_table(grid, cells, num_seeds, metric=None) -> str:
+def markdown_table(grid, cells, num_seeds, metric=None, train_fit=None) -> str:
   """Rows = methods; columns = (setting, K); cells = mean ± std over seeds; best mean per column in bold. `metric`
-  (default: the grid's) names the header; the papers' figures are printed beside the grid's own metric only."""
+  (default: the grid's) names the header; the papers' figures are printed beside the grid's own metric only. With
+  `train_fit` (`train_fit_cells`, non-empty), a train-fit top-1 column closes each setting's columns."""
   metric = metric or grid.metric
-  columns = [(s, k) for s in grid.settings for k in grid.ks]
+  columns = [(s, k) for s in grid.settings for k in grid.ks + ((None,) if train_fit else ())]
   paper = grid.paper if metric == grid.metric else {}
   headers = []
   for s, k in columns:
-    label = METRICS[metric][0].replace("{K}", str(k))
+    label = "train fit top-1 (%)" if k is None else METRICS[metric][0].replace("{K}", str(k))
     headers.append(f"{grid.settings[s]}: {label}" if len(grid.settings) > 1 else label)
   lines = ["| method | " + " | ".join(headers) + " |", "|---|" + "---|" * len(columns)]
-  best = {(s, k): _column_best(grid, cells, s, k, metric) for s, k in columns}
+  best = {(s, k): _column_best(grid, cells, s, k, metric) for s, k in columns if k is not None}
   for row, label in grid.rows.items():
     parts = []
     for s, k in columns:
+      if k is None:
+        parts.append(_train_fit_text(train_fit.get((row, s))))
+        continue
       values = cells.get((row, s, k))
       text = "—" if not values else _format(values, num_seeds)
       if values and best.get((s, k)) == row:
@@ -119,17 +146,20 @@ def write_csvs(grid, runs, results, cells, output_dir, average_k_cells=None):
   columns = [f"{p}top{k}_accuracy" for k in eval_ks for p in ("", "macro_")]
   if any(f"avg{k}_accuracy" in r["test"] for r in results.values() for k in eval_ks):
     columns += [f"{p}avg{k}_accuracy" for k in eval_ks for p in ("", "macro_")]
+  fit_keys = ["top1_accuracy", "macro_top1_accuracy"] if any("train_fit" in r for r in results.values()) else []
   with open(os.path.join(output_dir, "runs.csv"), "w", newline="") as f:
     w = csv.writer(f)
     w.writerow(["run", "preset", "row", "setting", "seed", "ks"] + columns
-               + ["best_epoch", "train_seconds", "backend", "num_devices"])
+               + ["best_epoch", "train_seconds", "backend", "num_devices"] + [f"train_fit_{k}" for k in fit_keys])
     for run in runs:
       r = results.get(run.name)
       if r is None:
         continue
       metrics = [f"{r['test'][c]:.4f}" if c in r["test"] else "" for c in columns]
+      fit = r.get("train_fit")
       w.writerow([run.name, run.preset, run.row, run.setting, run.seed, " ".join(map(str, run.ks))] + metrics
-                 + [r["best_epoch"], f"{r['train_seconds']:.1f}", r["backend"], r["num_devices"]])
+                 + [r["best_epoch"], f"{r['train_seconds']:.1f}", r["backend"], r["num_devices"]]
+                 + [f"{fit[k]:.4f}" if fit else "" for k in fit_keys])
 
 
 def per_class_means(grid, runs, results, setting, k):
@@ -250,16 +280,19 @@ def bayes_cells(grid, runs, results) -> Dict[Tuple[str, str, int], float]:
   return out
 
 
-def regret_table(grid, cells, bayes, setting, num_seeds) -> str:
+def regret_table(grid, cells, bayes, setting, num_seeds, train_fit=None) -> str:
   """Macro top-K (mean ± std over seeds) and regret (Bayes-optimal - method, ± the same std) of every method, under
-  the Bayes rows; best method mean of each column in bold (the lowest regret)."""
+  the Bayes rows; best method mean of each column in bold (the lowest regret). With `train_fit` (`train_fit_cells`,
+  non-empty), a last train-fit top-1 column."""
   ks = grid.ks
+  fit_head, fit_rule = (" train fit top-1 (%) |", "---|") if train_fit else ("", "")
   lines = ["| method | " + " | ".join(f"macro top-{k} (%)" for k in ks) + " | "
-           + " | ".join(f"regret top-{k}" for k in ks) + " |", "|---|" + "---|" * (2 * len(ks))]
+           + " | ".join(f"regret top-{k}" for k in ks) + " |" + fit_head, "|---|" + "---|" * (2 * len(ks)) + fit_rule]
   optimum = {k: bayes[("likelihood", setting, k)] for k in ks}
   for kind, label in BAYES_KINDS.items():
     lines.append(f"| *{label}* | " + " | ".join(f"*{bayes[(kind, setting, k)]:.2f}*" for k in ks) + " | "
-                 + " | ".join(f"*{optimum[k] - bayes[(kind, setting, k)]:.2f}*" for k in ks) + " |")
+                 + " | ".join(f"*{optimum[k] - bayes[(kind, setting, k)]:.2f}*" for k in ks) + " |"
+                 + (" — |" if train_fit else ""))
   best = {k: _column_best(grid, cells, setting, k) for k in ks}
   for row, label in grid.rows.items():
     values, regrets = [], []
@@ -275,7 +308,8 @@ def regret_table(grid, cells, bayes, setting, num_seeds) -> str:
       bold = "**" if best.get(k) == row else ""
       values.append(f"{bold}{mean:.2f}{spread}{bold}{extra}")
       regrets.append(f"{bold}{optimum[k] - mean:.2f}{spread}{bold}")
-    lines.append(f"| {label} | " + " | ".join(values) + " | " + " | ".join(regrets) + " |")
+    fit = f" {_train_fit_text(train_fit.get((row, setting)))} |" if train_fit else ""
+    lines.append(f"| {label} | " + " | ".join(values) + " | " + " | ".join(regrets) + " |" + fit)
   return "\n".join(lines)
 
 

@@ -13,14 +13,15 @@ from experiments import weights_format
 
 DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k", "synthetic_lt")
 LOSSES = ("ce", "focal", "ldam", "mm", "mm_ldam", "smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced",
-          "logit_adjusted", "balanced_softmax")
+          "logit_adjusted", "balanced_softmax", "vs")
 # Losses that already add the log-prior offsets to the logits (so `logit_adjustment_tau` would add them twice).
-LOGIT_ADJUSTED_LOSSES = ("logit_adjusted", "balanced_softmax")
+LOGIT_ADJUSTED_LOSSES = ("logit_adjusted", "balanced_softmax", "vs")
 # Losses whose logits are multiplied by `scale` inside the loss: logit-adjustment offsets act on the scaled logits,
 # so they are divided by the scale before being added to (or subtracted from) the raw ones.
 SCALED_LOSSES = ("ldam", "mm", "mm_ldam", "noised_imbalanced")
-# `tau` when not set: the smooth SVM's temperature (Pl@ntNet table), the logit adjustment's temperature (Menon et al.).
-DEFAULT_TAU = {"smooth_svm": 0.1, "logit_adjusted": 1.0}
+# `tau` when not set: the smooth SVM's temperature (Pl@ntNet table), the logit adjustment's temperature (Menon et al.),
+# the VS loss's additive weight (the default of the VS authors' `train.py`).
+DEFAULT_TAU = {"smooth_svm": 0.1, "logit_adjusted": 1.0, "vs": 1.0}
 TRAIN_RULES = ("none", "reweight", "drw", "resample")
 MODELS = ("cnn", "resnet32", "resnet18", "resnet50", "mlp")
 _SPEC = synthetic_lt.SyntheticSpec()
@@ -37,7 +38,8 @@ LOSS_HYPERPARAMETERS = {
     "max_margin": ("ldam", "mm_ldam", "noised_imbalanced"),
     "scale": ("ldam", "mm", "mm_ldam", "noised_imbalanced"),
     "gamma": ("focal",),
-    "tau": ("smooth_svm", "logit_adjusted"),
+    "tau": ("smooth_svm", "logit_adjusted", "vs"),
+    "vs_gamma": ("vs",),
     "svm_alpha": ("smooth_svm",),
     "mm_delta_minus": ("mm", "mm_ldam"),
     "mm_beta": ("mm", "mm_ldam"),
@@ -82,6 +84,7 @@ class Config:
   mm_delta_minus: float = 0.5
   mm_beta: float = 10.0
   mm_reference_code_compat: bool = False
+  vs_gamma: float = 0.3  # VS loss exponent of (n_j / n_max)^gamma (the default of the VS authors' `train.py`).
   logit_adjustment_tau: float = 0.0  # > 0: add tau * log(prior) to the logits of any other loss during training.
   posthoc_tau: float = 0.0  # > 0: evaluate with logits - tau * log(prior) (post-hoc logit adjustment).
   train_rule: str = "none"
@@ -173,6 +176,8 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   for name in ("epsilon", "gamma", "weight_decay", "momentum", "max_margin", "logit_adjustment_tau", "posthoc_tau"):
     if not getattr(config, name) >= 0:
       raise ValueError(f"`{name}` must be >= 0, got {getattr(config, name)}.")
+  if not (np.isfinite(config.vs_gamma) and config.vs_gamma >= 0):
+    raise ValueError(f"`vs_gamma` must be a finite number >= 0, got {config.vs_gamma}.")
   if config.imbalance_ratio < 1:
     raise ValueError(f"`imbalance_ratio` must be >= 1, got {config.imbalance_ratio}.")
   if not 0 <= config.cb_beta < 1:
@@ -201,7 +206,7 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
     raise ValueError(f"`antithetic` draws pairs Z, -Z: `num_samples` must be even, got {config.num_samples}.")
   if config.logit_adjustment_tau and config.loss in LOGIT_ADJUSTED_LOSSES:
     raise ValueError(f"`logit_adjustment_tau` adds the offsets that loss={config.loss} already adds; use `tau` "
-                     "(logit_adjusted) or leave `logit_adjustment_tau` at 0.")
+                     "(logit_adjusted, vs) or leave `logit_adjustment_tau` at 0.")
   if config.pretrained_weights and config.model not in weights_format.PRETRAINABLE:
     raise ValueError(f"`pretrained_weights` needs model {' or '.join(weights_format.PRETRAINABLE)}, got "
                      f"{config.model!r}.")

@@ -27,7 +27,9 @@ HELP = {
     "max_margin": "Margin of the rarest class (LDAM, MM-LDAM uses 0.5 internally, imbalanced noised).",
     "scale": "Logit scale (LDAM, MM, imbalanced noised).",
     "gamma": "Focal loss gamma.",
-    "tau": "Temperature of smooth_svm (default 0.1) or of logit_adjusted (default 1.0).",
+    "tau": ("Temperature of smooth_svm (default 0.1) or of logit_adjusted (default 1.0); the weight of the log "
+            "prior in vs (default 1.0)."),
+    "vs_gamma": "VS loss: exponent gamma of the per-class logit factors (n_j / n_max)^gamma (default 0.3).",
     "logit_adjustment_tau": ("Add tau * log(class prior) to the logits of the loss during training (logit adjustment "
                              "of any loss; divided by the scale for ldam/mm/noised_imbalanced). 0: off."),
     "posthoc_tau": ("Evaluate with logits - tau * log(class prior) (post-hoc logit adjustment; divided by the scale "

@@ -286,13 +286,27 @@ class Dataset:
     process yields `ceil(num_eval_examples / batch_size)` batches and each example has `mask` 1 exactly once.
     """
     source = self._eval_source(split)
+    return self._padded_batches(source, np.arange(len(source.labels)), batch_size, process_index, process_count)
+
+  def train_eval_batches(self, *, batch_size: int, indices: Optional[np.ndarray] = None, process_index: int = 0,
+                         process_count: int = 1) -> Iterator[dict]:
+    """The training split read as an evaluation split: the evaluation transform (no augmentation), in the order of
+    `indices` (default: every training example, in order), padded and masked as `eval_batches`."""
+    n = self.num_train_examples
+    indices = np.arange(n) if indices is None else np.asarray(indices)
+    if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer) or (
+        indices.size and (indices.min() < 0 or indices.max() >= n)):
+      raise ValueError(f"`indices` must be a 1-D integer array of training-example indices in [0, {n}).")
+    return self._padded_batches(self._train, indices, batch_size, process_index, process_count)
+
+  def _padded_batches(self, source, indices, batch_size, process_index, process_count):
     local = _check_sharding(batch_size, process_index, process_count)
-    n = len(source.labels)
+    n = len(indices)
     num_batches = -(-n // batch_size)
     positions = np.arange(num_batches * batch_size).reshape(num_batches, batch_size)
     positions = positions[:, process_index * local:(process_index + 1) * local]
     masks = (positions < n).astype(np.float32)
-    return self._iterate(source, np.minimum(positions, n - 1), None, masks=masks)
+    return self._iterate(source, indices[np.minimum(positions, n - 1)], None, masks=masks)
 
   def num_eval_examples(self, split: str) -> int:
     return len(self._eval_source(split).labels)

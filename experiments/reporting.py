@@ -109,6 +109,14 @@ def results_table(results, ks):
   return "\n".join(lines)
 
 
+def train_fit_line(train_fit):
+  """One line: the train fit of `results["train_fit"]` (top-1 and macro top-1 on the training split)."""
+  read = (f"a fixed subset of {train_fit['examples']:,} of its {train_fit['train_examples']:,} examples"
+          if train_fit["subset"] else f"all {train_fit['examples']:,} examples")
+  return (f"Train fit ({train_fit['model']} model, training split in evaluation mode, {read}): top-1 "
+          f"{100 * train_fit['top1_accuracy']:.2f} %, macro top-1 {100 * train_fit['macro_top1_accuracy']:.2f} %")
+
+
 # Up to this many classes every point of the per-class plot is labelled with its class name; above it, only the
 # classes of lowest top-1 accuracy (LABELLED_WORST of them).
 LABEL_ALL_UP_TO = 20

@@ -165,6 +165,7 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   results = aggregate.load_results(runs, workdir_root)
   cells = aggregate.collect_cells(grid, runs, results)
   average_k_cells = aggregate.collect_cells(grid, runs, results, metric="macro_avgk")
+  fit = aggregate.train_fit_cells(runs, results)
   os.makedirs(os.path.join(output_dir, "plots"), exist_ok=True)
   aggregate.write_csvs(grid, runs, results, cells, output_dir, average_k_cells)
   plots, bucket_sections = [], []
@@ -190,10 +191,11 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
                             "of classes in parentheses); mean over seeds.", "",
                             aggregate.bucket_table(grid, runs, results, setting), ""]
   if bayes:  # the regret tables replace the plain one
-    table = "\n\n".join(f"### {grid.settings[s]}\n\n" + aggregate.regret_table(grid, cells, bayes, s, len(seeds))
+    table = "\n\n".join(f"### {grid.settings[s]}\n\n"
+                         + aggregate.regret_table(grid, cells, bayes, s, len(seeds), train_fit=fit)
                          for s in grid.settings if any(cs == s for _, cs, _ in cells))
   else:
-    table = aggregate.markdown_table(grid, cells, len(seeds))
+    table = aggregate.markdown_table(grid, cells, len(seeds), train_fit=fit)
   average_k_section = []
   if average_k_cells:  # runs of an older version have no average-K: the section is left out
     average_k_section = ["### Macro average-K accuracy (%)", "", AVERAGE_K_NOTE, "",
@@ -208,7 +210,8 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
   lines = [f"# {grid.name}", "", grid.description, "",
            f"Mean ± std over seeds {', '.join(map(str, seeds))} ({len(results)} of {len(runs)} runs finished); the "
            "best mean of each column in bold" + ("; the paper's figure in brackets." if grid.paper else "."), "",
-           table, ""] + average_k_section + list(grid.notes) + ([""] if grid.notes else []) + bucket_sections
+           table, ""] + average_k_section + list(grid.notes) + ([aggregate.TRAIN_FIT_NOTE] if fit else []) + (
+               [""] if grid.notes or fit else []) + bucket_sections
   if grid.claims is not None:
     lines += ["## The papers' claims on this grid", ""] + grid.claims(cells) + [""]
   commands = [i["command"] for i in invocations if i.get("runs_trained")] or [_this_command()]

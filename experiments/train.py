@@ -88,6 +88,7 @@ def main(argv):
   print(f"\n{results['dataset']}, loss {results['loss']}, train rule {results['train_rule']}: test accuracies "
         f"({results['model_selection']}); trained in {results['train_seconds']:.0f} s\n")
   print(reporting.results_table(results, config.eval_ks))
+  print(reporting.train_fit_line(results["train_fit"]))
   print(f"\nResults: {os.path.join(os.path.abspath(workdir), 'results.json')}", flush=True)
 
 

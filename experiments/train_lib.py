@@ -104,6 +104,9 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
     return lambda logits, labels, key: ntk.logit_adjusted_loss(logits, labels, class_counts=class_counts, tau=tau)
   if name == "balanced_softmax":
     return lambda logits, labels, key: ntk.balanced_softmax_loss(logits, labels, class_counts=class_counts)
+  if name == "vs":
+    gamma, tau = config.vs_gamma, config_lib.loss_tau(config)
+    return lambda logits, labels, key: ntk.vs_loss(logits, labels, class_counts=class_counts, gamma=gamma, tau=tau)
   raise ValueError(f"`loss` must be one of {config_lib.LOSSES}, got {name!r}.")
 
 
@@ -271,6 +274,42 @@ def evaluate(p_eval_step, state, dataset, split, *, config, num_local_devices):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Train fit: the final model on its own training split.
+
+# The train fit reads at most this many training examples: a fixed subset (seed `TRAIN_FIT_SEED`, the same for every
+# run of a dataset) when the split is larger, so that Pl@ntNet-300K's 243k images do not cost an epoch.
+TRAIN_FIT_MAX_EXAMPLES = 10_000
+TRAIN_FIT_SEED = 0
+
+
+def train_fit_indices(num_examples: int, *, max_examples: int = TRAIN_FIT_MAX_EXAMPLES,
+                      seed: int = TRAIN_FIT_SEED) -> np.ndarray:
+  """The training examples the train fit reads, in increasing order: all of them, or `max_examples` drawn without
+  replacement by `np.random.default_rng(seed)` when there are more."""
+  if num_examples <= max_examples:
+    return np.arange(num_examples)
+  return np.sort(np.random.default_rng(seed).choice(num_examples, size=max_examples, replace=False))
+
+
+def evaluate_train_fit(p_eval_step, state, dataset: input_pipeline.Dataset, *, config: config_lib.Config,
+                       num_local_devices: int) -> dict:
+  """Top-1 and macro top-1 accuracy of `state` on its training split (`train_fit_indices` of it), read as the test
+  split is: evaluation mode, no augmentation, the same `p_eval_step` (which must count k = 1; post-hoc offsets
+  included when the run uses them). How well the model fits what it was trained on, next to its test accuracy."""
+  indices = train_fit_indices(dataset.num_train_examples, max_examples=TRAIN_FIT_MAX_EXAMPLES, seed=TRAIN_FIT_SEED)
+  correct = total = None
+  for batch in dataset.train_eval_batches(batch_size=config.eval_batch_size, indices=indices,
+                                          process_index=jax.process_index(), process_count=jax.process_count()):
+    out = p_eval_step(state, shard(batch, num_local_devices))[1]
+    c, t = (np.asarray(x[0], np.float64) for x in out)
+    correct, total = (c, t) if correct is None else (correct + c, total + t)
+  accuracy, macro, _ = ntk.accuracies_from_counts(correct, total)
+  return {"top1_accuracy": float(accuracy), "macro_top1_accuracy": float(macro), "examples": int(len(indices)),
+          "train_examples": int(dataset.num_train_examples), "subset": bool(len(indices) < dataset.num_train_examples),
+          "subset_seed": TRAIN_FIT_SEED}
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The job.
 
 
@@ -305,7 +344,7 @@ def create_train_state(config, dataset, steps_per_epoch):
 
 def _logit_adjustment_record(config):
   """What results.json says about logit adjustment: the tau used in training and the logits evaluated."""
-  if config.loss == "logit_adjusted":
+  if config.loss in ("logit_adjusted", "vs"):
     training_tau = config_lib.loss_tau(config)
   elif config.loss == "balanced_softmax":
     training_tau = 1.0
@@ -458,6 +497,12 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       ckpt.save(epoch, unreplicate(rstate), best_variables, meta)
   ckpt.wait()
 
+  # The train fit is the last epoch's model's, whichever epoch the test split reports.
+  fit_step = p_eval_step if 1 in config.eval_ks else jax.pmap(functools.partial(
+      eval_step, ks=(1,), num_classes=dataset.num_classes, posthoc_offsets=posthoc), axis_name=AXIS)
+  train_fit = {"model": "last epoch", **evaluate_train_fit(fit_step, rstate, dataset, config=config,
+                                                           num_local_devices=num_local_devices)}
+  logging.info("%s", reporting.train_fit_line(train_fit))
   final_state = unreplicate(rstate)
   if selection in ("val_macro_topk", "best_test_epoch") and meta["best"] is not None:
     final_state = final_state.replace(params=best_variables["params"], batch_stats=best_variables["batch_stats"])
@@ -476,6 +521,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "logit_adjustment": _logit_adjustment_record(config),
       "best_epoch": None if meta["best"] is None else meta["best"]["epoch"] + 1,
       "test": test_metrics,
+      "train_fit": train_fit,
       "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,
       "average_k": average_k,
       "per_class": reporting.per_class_table(dataset, per_class),

@@ -17,6 +17,7 @@ from noised_topk_jax.losses import max_margin_loss
 from noised_topk_jax.losses import noised_topk_loss
 from noised_topk_jax.losses import smooth_topk_svm_loss
 from noised_topk_jax.losses import topk_hinge_loss
+from noised_topk_jax.losses import vs_loss
 from noised_topk_jax.losses import weighted_mean
 from noised_topk_jax.metrics import accuracies_from_counts
 from noised_topk_jax.metrics import average_k_accuracy
@@ -65,5 +66,6 @@ __all__ = (
     "topk_accuracy",
     "topk_correct",
     "topk_hinge_loss",
+    "vs_loss",
     "weighted_mean",
 )

@@ -217,6 +217,54 @@ def balanced_softmax_loss(logits: ArrayLike, labels: ArrayLike, *, class_counts:
   return logit_adjusted_loss(logits, labels, class_counts=class_counts, tau=1.0)
 
 
+def vs_loss(logits: ArrayLike, labels: ArrayLike, *, class_counts: ArrayLike, gamma: float, tau: float
+            ) -> jax.Array:
+  r"""Vector-scaling (VS) loss: cross-entropy of per-class scaled logits plus `tau` times the log class prior.
+
+  .. math::
+    \ell(s, y) = \mathrm{CE}(\Delta \odot s + \iota, y), \qquad
+    \Delta_j = \Big(\frac{n_j}{\max_i n_i}\Big)^{\gamma}, \qquad \iota_j = \tau \log \frac{n_j}{\sum_i n_i}
+
+  Every logit is scaled by its class's factor: dividing `s_j` by `(n_max / n_j)^gamma`, as the authors' code writes
+  it, is multiplying it by `Delta_j`. The most frequent class keeps its logit and rarer ones are shrunk, so the
+  model must give them larger raw logits (a multiplicative margin, which the paper shows still acts once the
+  training data are separated); the additive `iota` is logit adjustment (`logit_adjusted_loss`), which helps early
+  in training. `gamma = 0` is `logit_adjusted_loss(tau=tau)`, and `gamma = tau = 0` is cross-entropy. Predict with
+  the raw logits (the adjustment is only in the loss).
+
+  Args:
+    logits: floating array `[..., L]`.
+    labels: integer array `[...]`.
+    class_counts: per-class training counts `[L]` (static NumPy/Python values, all > 0).
+    gamma: exponent of the multiplicative factors, a finite number >= 0 (0.2 for CIFAR-10-LT in the authors' code).
+    tau: weight of the additive log-prior offsets, a finite number >= 0.
+
+  Returns:
+    The per-example loss, shape `labels.shape`, dtype `logits.dtype`.
+
+  Example:
+    >>> import jax.numpy as jnp, numpy as np, noised_topk_jax as ntk
+    >>> ntk.vs_loss(jnp.array([[1.0, 1.0]]), jnp.array([1]), class_counts=np.array([4, 1]), gamma=0.5,
+    ...             tau=1.0).round(4)
+    Array([2.0275], dtype=float32)
+
+  References:
+    Kini, Paraskevas, Oymak & Thrampoulidis, Label-imbalanced and group-sensitive classification under
+    overparameterization, NeurIPS 2021.
+  """
+  logits, labels, dtype, x = _prepare(logits, labels)
+  offsets = _offsets(class_counts, tau, x.shape[-1])
+  factors = _vs_factors(class_counts, gamma)
+  return _ce(x * jnp.asarray(factors, x.dtype) + jnp.asarray(offsets, x.dtype), labels).astype(dtype)
+
+
+def _vs_factors(class_counts, gamma):
+  """float64 `(n_j / n_max)^gamma` of `vs_loss` (1 for the most frequent class)."""
+  counts = _checks.check_class_counts(class_counts)
+  gamma = _checks.check_finite_nonnegative(gamma, "gamma")
+  return (counts / counts.max())**gamma
+
+
 def _offsets(class_counts, tau, num_classes):
   offsets = _imbalance._log_prior_offsets(class_counts, tau=tau)
   if offsets.shape != (num_classes,):

@@ -200,6 +200,25 @@ def logit_adjusted_loss(logits, labels, class_counts, tau):
   return loss.reshape(batch_shape), grad.reshape(batch_shape + (num_classes,))
 
 
+def vs_loss(logits, labels, class_counts, gamma, tau):
+  """VS loss in the authors' form: each logit divided by (1/n_j)^gamma / min_i (1/n_i)^gamma, plus tau log(prior).
+
+  With z_j = s_j / D_j + iota_j the gradient is (softmax(z) - e_y) / D, elementwise.
+  """
+  inverse = [(1.0 / float(n))**gamma for n in class_counts]
+  divisors = np.array([v / min(inverse) for v in inverse], dtype=np.float64)
+  iota = logit_adjustment(class_counts, tau)
+  flat, labels_flat, batch_shape = _rows(logits, labels)
+  num_classes = flat.shape[-1]
+  loss = np.empty(flat.shape[0])
+  grad = np.empty_like(flat)
+  for i, (row, y) in enumerate(zip(flat, labels_flat)):
+    z = row / divisors + iota
+    loss[i] = logsumexp(z) - z[y]
+    grad[i] = (softmax(z) - onehot(y, num_classes)) / divisors
+  return loss.reshape(batch_shape), grad.reshape(batch_shape + (num_classes,))
+
+
 def _margin_of(margins, y):
   margins = _f64(margins)
   return float(margins) if margins.ndim == 0 else float(margins[y])

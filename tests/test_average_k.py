@@ -167,7 +167,7 @@ def test_tables_gain_macro_average_k_only_for_runs_that_report_it(tmp_path):
   with open(os.path.join(out, "table.csv")) as f:
     rows = list(csv.DictReader(f))
   avg_rows = [r for r in rows if r["metric"] == "macro_avgk"]
-  assert len(avg_rows) == len(rows) - len(avg_rows) == 15 * 2 * 3
+  assert len(avg_rows) == len(rows) - len(avg_rows) == 16 * 2 * 3
   cell = next(r for r in avg_rows if r["row"] == "mm_drw" and r["setting"] == "exp100" and r["k"] == "2")
   assert (float(cell["mean"]), float(cell["std"]), cell["paper"]) == (83.0, 0.5, "")
   header = _header(os.path.join(out, "runs.csv"))

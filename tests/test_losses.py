@@ -866,3 +866,137 @@ def test_largest_allowed_k_is_accepted():
   # Also checks the default alpha = 1.
   np.testing.assert_allclose(np.asarray(jax.jit(fn_svm)(logits)), ref.smooth_topk_svm_value(logits, labels, 4, 1.0),
                              rtol=SVM_RTOL, atol=SVM_ATOL)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# VS loss (Kini et al., NeurIPS 2021): the reference follows the authors' form (logits divided by a per-class factor).
+
+VS_CASES = [((6, 10), 0.2, 1.2), ((2, 3, 10), 0.3, 1.0), ((4, 100), 0.5, 0.0), ((8, 5), 0.0, 1.5), ((10,), 1.0, 0.5)]
+
+
+def _vs(counts, gamma, tau):
+  return functools.partial(ntk.vs_loss, class_counts=counts, gamma=gamma, tau=tau)
+
+
+@pytest.mark.parametrize("shape,gamma,tau,use_jit", _with_modes(VS_CASES, eager=(1,)))
+def test_vs_loss(shape, gamma, tau, use_jit):
+  logits, labels = _inputs(shape, 120, scale=3.0)
+  counts = _counts(shape[-1], seed=121)
+  _check(_vs(counts, gamma, tau), lambda s, y: ref.vs_loss(s, y, counts, gamma, tau), logits, labels, use_jit)
+
+
+def test_vs_loss_scales_each_logit_by_its_class_factor():
+  # Counts 400 / 100 / 25 at gamma 0.5: the factors (n_j / n_max)^gamma are 1, 1/2, 1/4, applied to every logit (not
+  # only the label's), and the head class keeps its logit. Written out by hand, with and without the prior term.
+  logits = np.array([[2.0, 1.0, -1.0], [0.5, 3.0, 2.0], [-1.0, 0.0, 4.0]], np.float32)
+  labels = np.array([0, 1, 2], np.int32)
+  counts = np.array([400, 100, 25])
+  for tau in (0.0, 0.7):
+    z = logits.astype(np.float64) * np.array([1.0, 0.5, 0.25]) + tau * np.log(counts / 525.0)
+    want = np.log(np.exp(z).sum(-1)) - z[np.arange(3), labels]
+    np.testing.assert_allclose(np.asarray(ntk.vs_loss(logits, labels, class_counts=counts, gamma=0.5, tau=tau)), want,
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_vs_loss_special_cases():
+  logits, labels = _inputs((6, 10), 122, scale=2.0)
+  counts = _counts(10, seed=123)
+  # gamma = 0: logit adjustment; gamma = tau = 0: cross-entropy.
+  chex.assert_trees_all_close(ntk.vs_loss(logits, labels, class_counts=counts, gamma=0.0, tau=1.3),
+                              ntk.logit_adjusted_loss(logits, labels, class_counts=counts, tau=1.3), rtol=1e-6, atol=1e-6)
+  chex.assert_trees_all_close(ntk.vs_loss(logits, labels, class_counts=counts, gamma=0.0, tau=0.0),
+                              ntk.cross_entropy_loss(logits, labels), rtol=1e-6, atol=1e-6)
+  # Balanced counts: every factor is 1 and the offsets a constant shift, whatever gamma and tau.
+  chex.assert_trees_all_close(ntk.vs_loss(logits, labels, class_counts=np.full(10, 37), gamma=0.8, tau=2.0),
+                              ntk.cross_entropy_loss(logits, labels), rtol=1e-6, atol=1e-6)
+  # Only the class frequencies matter: the prior is normalized and the factors are ratios to the largest count.
+  chex.assert_trees_all_close(ntk.vs_loss(logits, labels, class_counts=counts, gamma=0.3, tau=1.0),
+                              ntk.vs_loss(logits, labels, class_counts=7 * counts, gamma=0.3, tau=1.0),
+                              rtol=1e-6, atol=1e-6)
+
+
+def test_vs_loss_extreme_logits_finite():
+  logits, labels = _inputs((16, 10), 124, scale=1e4)
+  logits[0] = 0.0
+  logits[2, labels[2]] = 5e5
+  fn = _vs(_counts(10, seed=125), 0.2, 1.2)
+  (_, losses), grad = jax.jit(jax.value_and_grad(lambda s: (fn(s, labels).sum(), fn(s, labels)), has_aux=True))(
+      jnp.asarray(logits))
+  chex.assert_tree_all_finite((losses, grad))
+  np.testing.assert_allclose(np.asarray(losses), ref.vs_loss(logits, labels, _counts(10, seed=125), 0.2, 1.2)[0],
+                             rtol=1e-5, atol=5e-3)
+
+
+def test_vs_loss_bfloat16_preserved():
+  logits, labels = _inputs((6, 10), 126, uniform=True)
+  counts = _counts(10, seed=127)
+  x16 = jnp.asarray(logits, jnp.bfloat16)
+  value, grad = jax.jit(_value_and_vjp(_vs(counts, 0.2, 1.2), False))(x16, jnp.asarray(labels),
+                                                                      jnp.ones(labels.shape, jnp.bfloat16))
+  assert value.dtype == jnp.bfloat16 and grad.dtype == jnp.bfloat16
+  want_value, want_grad = ref.vs_loss(np.asarray(x16, np.float64), labels, counts, 0.2, 1.2)
+  np.testing.assert_allclose(np.asarray(value, np.float32), want_value, rtol=3e-2, atol=3e-2)
+  np.testing.assert_allclose(np.asarray(grad, np.float32), want_grad, rtol=5e-2, atol=5e-2)
+
+
+def test_vs_loss_float64_preserved_under_x64():
+  with jax.enable_x64(True):
+    logits, labels = _inputs((6, 10), 128, scale=2.0)
+    logits = logits.astype(np.float64) + 1e-3 * np.random.default_rng(2).standard_normal(logits.shape)
+    counts = _counts(10, seed=129)
+    value, grad = _value_and_vjp(_vs(counts, 0.3, 1.0), True)(jnp.asarray(logits), jnp.asarray(labels),
+                                                              jnp.ones(labels.shape))
+    assert value.dtype == jnp.float64 and grad.dtype == jnp.float64
+    want_value, want_grad = ref.vs_loss(logits, labels, counts, 0.3, 1.0)
+    np.testing.assert_allclose(np.asarray(value), want_value, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-12, atol=1e-12)
+  assert jnp.asarray(1.0).dtype == jnp.float32
+
+
+def test_vs_loss_vmap_over_examples():
+  logits, labels = _inputs((6, 10), 130)
+  counts = _counts(10, seed=131)
+  value, grad = jax.jit(jax.vmap(jax.value_and_grad(_vs(counts, 0.2, 1.2))))(jnp.asarray(logits), jnp.asarray(labels))
+  chex.assert_shape(value, labels.shape)
+  want_value, want_grad = ref.vs_loss(logits, labels, counts, 0.2, 1.2)
+  np.testing.assert_allclose(np.asarray(value), want_value, rtol=RTOL, atol=ATOL)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=RTOL, atol=ATOL)
+
+
+def test_vs_loss_pmap_matches_reference_per_shard():
+  assert jax.device_count() == 2
+  logits, labels = _inputs((2, 4, 10), 132)
+  counts = _counts(10, seed=133)
+  fn = _vs(counts, 0.2, 1.2)
+  value, grad = jax.pmap(lambda s, y: jax.value_and_grad(lambda x: fn(x, y).sum())(s))(jnp.asarray(logits),
+                                                                                      jnp.asarray(labels))
+  for d in range(2):
+    want_value, want_grad = ref.vs_loss(logits[d], labels[d], counts, 0.2, 1.2)
+    np.testing.assert_allclose(float(value[d]), want_value.sum(), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(np.asarray(grad[d]), want_grad, rtol=RTOL, atol=ATOL)
+
+
+def _bad_vs_calls():
+  y = jnp.zeros((3,), jnp.int32)
+  counts = [5, 4, 3, 2, 1]
+  return [
+      ("gamma", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=counts, gamma=-0.1, tau=1.0)),
+      ("gamma", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=counts, gamma=np.nan, tau=1.0)),
+      ("gamma", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=counts, gamma=np.inf, tau=1.0)),
+      ("gamma", TypeError, lambda s: ntk.vs_loss(s, y, class_counts=counts, gamma="0.2", tau=1.0)),
+      ("tau", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=counts, gamma=0.2, tau=-1.0)),
+      ("tau", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=counts, gamma=0.2, tau=np.nan)),
+      ("class_counts", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=[5, 4, 0, 2, 1], gamma=0.2, tau=1.0)),
+      ("class_counts", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=[5, 4, -3, 2, 1], gamma=0.2, tau=1.0)),
+      ("class_counts", ValueError, lambda s: ntk.vs_loss(s, y, class_counts=[5, 4, 3, 2], gamma=0.2, tau=1.0)),
+      ("labels", TypeError, lambda s: ntk.vs_loss(s, jnp.zeros((3,)), class_counts=counts, gamma=0.2, tau=1.0)),
+  ]
+
+
+@pytest.mark.parametrize("case", range(len(_bad_vs_calls())), ids=[f"{i}-{c[0]}" for i, c in enumerate(_bad_vs_calls())])
+@use_jit_param
+def test_vs_loss_bad_inputs_raise_naming_the_parameter(case, use_jit):
+  param, error, call = _bad_vs_calls()[case]
+  fn = jax.jit(call) if use_jit else call
+  with pytest.raises(error, match=_names(param)):
+    fn(jnp.zeros((3, 5)))

@@ -19,6 +19,7 @@ from experiments import train_lib
 from experiments.configs import cifar_lt
 from experiments.configs import logit_adjustment
 from experiments.configs import fashion_mnist_lt
+from experiments.configs import vs_loss
 from tests import fake_data
 from tests import optional
 
@@ -35,12 +36,12 @@ def test_grid_sizes_cover_the_seed_tables_and_every_loss():
   plant, mm, fashion = (grids.get_grid(n).runs(seeds) for n in ("plantnet_table", "mm_table1", "fashion_mnist_lt"))
   assert len(plant) == 6 * 3 * 3  # 6 losses x K = 1, 3, 5 (model selection per K) x 3 seeds
   assert len(mm) == 11 * 8 * 3
-  # 2 settings x (10 K-independent methods + 5 top-K methods x K = 1, 2, 3) x 3 seeds.
-  assert len(fashion) == 2 * (10 + 5 * 3) * 3
+  # 2 settings x (11 K-independent methods + 5 top-K methods x K = 1, 2, 3) x 3 seeds.
+  assert len(fashion) == 2 * (11 + 5 * 3) * 3
   for runs in (plant, mm, fashion):
     assert len({r.name for r in runs}) == len(runs)
   assert {r.preset for r in mm} == {n for n in configs.PRESETS if n.startswith(("cifar10_lt", "cifar100_lt"))
-                                    and n not in logit_adjustment.presets()}
+                                    and n not in logit_adjustment.presets() and n not in vs_loss.presets()}
   assert {r.preset for r in plant} == {n for n in configs.PRESETS if n.startswith("plantnet_")}
   # Every loss of the binaries, except balanced softmax: the same loss as logit_adjusted at tau 1 (its row).
   assert {r.config.loss for r in fashion} == set(config_lib.LOSSES) - {"balanced_softmax"}
@@ -68,7 +69,7 @@ def test_grid_sizes_cover_the_seed_tables_and_every_loss():
 
 def test_synthetic_grid_has_every_loss_and_k_1_3_5():
   runs = grids.get_grid("synthetic_lt").runs((0, 1, 2))
-  assert len(runs) == (10 + 5 * 3) * 3 and len({r.name for r in runs}) == len(runs)
+  assert len(runs) == (11 + 5 * 3) * 3 and len({r.name for r in runs}) == len(runs)
   assert {r.config.loss for r in runs} == set(config_lib.LOSSES)
   assert {r.config.k for r in runs if r.config.loss == "noised_imbalanced"} == {1, 3, 5}
   assert {r.ks for r in runs if r.row == "ce"} == {(1, 3, 5)}
@@ -153,6 +154,19 @@ def test_every_logit_adjustment_preset_runs_one_step(preset, fake_cifar, tmp_pat
       (1241 if preset.startswith("cifar10_") else 1419), True, 2e-4)
 
 
+@pytest.mark.parametrize("preset", sorted(vs_loss.presets()))
+def test_every_vs_preset_runs_one_step(preset, fake_cifar, tmp_path):
+  del fake_cifar
+  config = configs.get_preset(preset).config
+  results = _one_step(config.replace(epochs=1, max_steps_per_epoch=1, batch_size=4, eval_batch_size=50,
+                                     warmup_epochs=0, lr_decay_epochs=()), str(tmp_path))
+  assert results["logit_adjustment"]["training_tau"] == config.tau
+  # The authors' LDAM-DRW protocol with a linear head, and the values of their README (CIFAR-10) or train.py defaults.
+  assert (config.loss, config.model, config.normalized_head, config.train_rule, config.epochs, config.weight_decay) == (
+      "vs", "resnet32", False, "none", 200, 2e-4)
+  assert (config.vs_gamma, config.tau) == ((0.2, 1.2) if preset.startswith("cifar10_") else (0.3, 1.0))
+
+
 @pytest.fixture(scope="module")
 def plantnet_root(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("plantnet"))
@@ -233,7 +247,7 @@ def test_aggregate_only_writes_table_csv_plots_and_claims(tmp_path):
   assert "| CE | 71.00 ± 0.50 | 72.00 ± 0.50 | 73.00 ± 0.50 | 73.00 ± 0.50 |" in table
   with open(os.path.join(out, "table.csv")) as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 15 * 2 * 3
+  assert len(rows) == 16 * 2 * 3
   cell = next(r for r in rows if r["row"] == "mm_drw" and r["setting"] == "exp100" and r["k"] == "2")
   assert (float(cell["mean"]), float(cell["std"]), cell["num_seeds"]) == (78.0, 0.5, "3")
   with open(os.path.join(out, "runs.csv")) as f:
@@ -246,7 +260,7 @@ def test_aggregate_only_writes_table_csv_plots_and_claims(tmp_path):
       assert not os.path.exists(os.path.join(out, "plots", name)) and "](plots/" not in table
   # Claims: MM-DRW - LDAM-DRW = +1.00 with standard error sqrt(2 * 0.5^2 / 3) = 0.41 -> holds (beyond 2 SE).
   assert "| exp100 | 1 | 77.00 | 76.00 | +1.00 ± 0.41 | holds |" in table
-  assert "| step10 | 3 | 85.00 | 1 of 15 | MM-DRW 81.00 | +4.00 ± 0.41 | holds |" in table
+  assert "| step10 | 3 | 85.00 | 1 of 16 | MM-DRW 81.00 | +4.00 ± 0.41 | holds |" in table
   # Claim 4: noised imbalanced (0.80 + ...) against the LA rows (0.70 + ...), and LA offsets on the noised loss.
   assert ("| exp100 | 2 | 82.00 | LA loss (logit-adjusted CE, tau 1) 72.00 | +10.00 ± 0.41 | holds | "
           "-10.00 ± 0.41 (fails) |") in table
@@ -359,5 +373,5 @@ def test_synthetic_aggregate_writes_regret_and_bucket_tables(tmp_path):
     assert os.path.getsize(os.path.join(out, "plots", "buckets_lt100.png")) > 5000
   # Claim 4 on this grid: noised imbalanced (55 + 5k) against the best logit-adjusted row (LA, 60 + 5k).
   assert "| lt100 | 1 | 60.00 | LA loss (tau 1) 65.00 | -5.00 ± 0.41 | fails |" in table
-  assert len(runs) == 75
+  assert len(runs) == 78
 

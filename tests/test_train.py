@@ -80,6 +80,7 @@ LOSS_CASES = {
     "noised_imbalanced": dict(k=2, epsilon=0.01, num_samples=3, max_margin=0.2, scale=60.0),
     "logit_adjusted": dict(normalized_head=False, tau=1.0),
     "balanced_softmax": dict(normalized_head=False),
+    "vs": dict(normalized_head=False, vs_gamma=0.2, tau=1.2),
 }
 
 
@@ -403,8 +404,9 @@ def test_a_workdir_of_another_config_is_refused(fashion_dir, tmp_path):
 
 
 def test_every_preset_validates_and_names_its_command():
-  # default, Pl@ntNet, MM Table 1, Fashion-MNIST-LT grid, logit-adjustment CIFAR presets, synthetic_lt (2 settings).
-  assert len(configs.PRESETS) == 1 + 6 + 8 * 11 + 2 * (10 + 5 * 3) + 2 * 3 + 2 * (10 + 5 * 3)
+  # default, Pl@ntNet, MM Table 1, Fashion-MNIST-LT grid, logit-adjustment CIFAR presets, synthetic_lt (2 settings),
+  # VS CIFAR presets.
+  assert len(configs.PRESETS) == 1 + 6 + 8 * 11 + 2 * (11 + 5 * 3) + 2 * 3 + 2 * (11 + 5 * 3) + 2
   for name, preset in configs.PRESETS.items():
     config_lib.validate(preset.config)
     assert preset.command.startswith(f"python -m experiments.train --config={name}")

@@ -27,8 +27,9 @@ def _registry():
   from experiments.configs import logit_adjustment  # pylint: disable=g-import-not-at-top
   from experiments.configs import plantnet  # pylint: disable=g-import-not-at-top
   from experiments.configs import synthetic_lt  # pylint: disable=g-import-not-at-top
+  from experiments.configs import vs_loss  # pylint: disable=g-import-not-at-top
   presets = {}
-  for module in (default, plantnet, cifar_lt, fashion_mnist_lt, logit_adjustment, synthetic_lt):
+  for module in (default, plantnet, cifar_lt, fashion_mnist_lt, logit_adjustment, synthetic_lt, vs_loss):
     for name, (description, config, extra) in module.presets().items():
       if name in presets:
         raise ValueError(f"Duplicate preset name {name!r}.")

@@ -37,7 +37,10 @@ it is scaled, and the reason is stated here:
 - DRW: class-balanced weights (beta 0.9999) from the first learning-rate decay on, as in LDAM-DRW;
 - logit adjustment (Menon et al.): tau 1 for the LA loss (balanced softmax is the same loss at tau 1, so it has no
   row of its own), for post-hoc adjustment of CE, and for the offsets added to the imbalanced noised loss's cosine
-  scores (divided by its scale 60, so that they act on the scaled scores; see train_lib.logit_offsets).
+  scores (divided by its scale 60, so that they act on the scaled scores; see train_lib.logit_offsets);
+- VS loss (Kini et al., NeurIPS 2021): gamma 0.2, tau 1.2, linear head, no DRW: the authors' CIFAR-10-LT values
+  (the command of their README, `class_imbalance/train.py ... --imb_type exp --imb_factor 0.01 --gamma 0.2
+  --tau 1.2`), not tuned here; their code puts the cosine head on LDAM only.
 """
 from experiments import config as config_lib
 
@@ -72,13 +75,14 @@ METHODS = {
     "noised_imbalanced": ("noised top-K, imbalanced", _NOISED_IMBALANCED, True),
     "la": ("LA loss (logit-adjusted CE, tau 1)", dict(loss="logit_adjusted", tau=1.0), False),
     "ce_posthoc_la": ("CE + post-hoc LA (tau 1)", dict(loss="ce", posthoc_tau=1.0), False),
+    "vs": ("VS loss (gamma 0.2, tau 1.2)", dict(loss="vs", vs_gamma=0.2, tau=1.2), False),
     "noised_imbalanced_la": ("noised top-K, imbalanced + LA offsets (tau 1)",
                              dict(logit_adjustment_tau=1.0, **_NOISED_IMBALANCED), True),
 }
 # Groups used by the claims checked next to the table.
 BALANCED = ("ce", "focal", "topk_hinge", "smooth_svm", "noised_balanced")
 IMBALANCED = ("ce_drw", "ldam", "ldam_drw", "mm", "mm_drw", "mm_ldam_drw", "noised_imbalanced", "la", "ce_posthoc_la",
-              "noised_imbalanced_la")
+              "vs", "noised_imbalanced_la")
 LOGIT_ADJUSTED = ("la", "ce_posthoc_la")
 
 
