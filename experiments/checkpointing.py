@@ -98,7 +98,11 @@ class Checkpointer:
         raise UnreadableCheckpointError(
             f"{path} cannot be read ({_one_line(e)}); it records the configuration of the checkpoints beside it. "
             f"Delete {self.directory} to start over, or use another --workdir.") from e
-      changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+      # A field added to Config after these checkpoints were written is absent from config.json: at its default
+      # value it changes nothing that was trained, and the run resumes.
+      defaults = config_lib.Config().to_dict()
+      changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
+                       and not (k not in saved and k in defaults and current.get(k) == defaults[k]))
       if changed:
         raise ValueError(
             f"The checkpoints in {self.directory} belong to a run with a different configuration (fields "

@@ -53,7 +53,10 @@ def format_record(record):
   for split in ("val", "test"):
     if split in record:
       m = record[split]
-      parts.append(f"{split} top-1 {m['top1_accuracy']:.4f}, {split} macro top-1 {m['macro_top1_accuracy']:.4f}")
+      # The smallest K evaluated (eval_ks need not contain 1).
+      k = min(int(key[3:-len("_accuracy")]) for key in m if key.startswith("top") and key.endswith("_accuracy"))
+      parts.append(f"{split} top-{k} {m[f'top{k}_accuracy']:.4f}, "
+                   f"{split} macro top-{k} {m[f'macro_top{k}_accuracy']:.4f}")
   return "; ".join(parts)
 
 

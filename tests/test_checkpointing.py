@@ -282,6 +282,24 @@ def test_an_unreadable_config_json_is_named(tiny_state, tmp_path):
     checkpointing.Checkpointer(directory, config)
 
 
+def test_a_field_added_since_the_checkpoints_resumes_at_its_default_only(tiny_state, tmp_path):
+  # Checkpoints written before a Config field existed (vs_gamma came after the grids' runs): config.json lacks it.
+  config, state = tiny_state
+  directory = str(tmp_path / "checkpoints")
+  _saved_checkpointer(directory, config, state, epochs=(0,))
+  path = os.path.join(directory, "config.json")
+  with open(path) as f:
+    saved = json.load(f)
+  del saved["vs_gamma"]
+  with open(path, "w") as f:
+    json.dump(saved, f)
+  restored = checkpointing.Checkpointer(directory, config).restore_latest(*_template(state))
+  assert restored[2]["epoch"] == 0
+  # The same field away from its default did change what is trained.
+  with pytest.raises(ValueError, match=r"fields \['loss', 'vs_gamma'\] differ"):
+    checkpointing.Checkpointer(directory, config.replace(loss="vs", vs_gamma=0.5))
+
+
 def test_no_checkpoint_gives_none(tiny_state, tmp_path):
   config, state = tiny_state
   assert checkpointing.Checkpointer(str(tmp_path / "checkpoints"), config).restore_latest(*_template(state)) is None
