@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 from typing import Dict, List, Tuple
 
 import numpy as np
@@ -513,3 +514,26 @@ def paper_claims(cells, groups: ClaimGroups) -> List[str]:
   lines.append("Verdicts: \"holds\"/\"fails\" when the difference of the means exceeds twice its standard error over "
                "seeds, \"within noise\" otherwise.")
   return lines
+
+
+_VERDICTS = re.compile(r"holds, within noise|fails, within noise|holds|fails")
+
+
+def _claim_rows(lines) -> Dict[Tuple[str, str, str], List[str]]:
+  """{(claim, setting, K): the verdicts of that row, in order} of `paper_claims`' lines."""
+  rows, claim = {}, None
+  for line in lines:
+    if line.startswith("**Claim"):
+      claim = line.split(":")[0].strip("*")
+    elif claim and line.startswith("| ") and not line.startswith("| setting"):
+      cells = [c.strip() for c in line.strip("|").split("|")]
+      rows[(claim, cells[0], cells[1])] = _VERDICTS.findall(line)
+  return rows
+
+
+def verdict_changes(top_k_claims: List[str], average_k_claims: List[str]) -> List[str]:
+  """Markdown list items: the claim rows (claim, setting, K) whose verdicts differ between the claims checked on
+  macro top-K and the same claims checked on macro average-K (`paper_claims` of either cells)."""
+  before, after = _claim_rows(top_k_claims), _claim_rows(average_k_claims)
+  return [f"- {claim}, {s}, K = {k}: {'; '.join(before[key])} on top-K, {'; '.join(after[key])} on average-K"
+          for key in before if key in after and before[key] != after[key] for claim, s, k in [key]]

@@ -213,7 +213,16 @@ def write_outputs(grid, runs, seeds, workdir_root, output_dir):
            table, ""] + average_k_section + list(grid.notes) + ([aggregate.TRAIN_FIT_NOTE] if fit else []) + (
                [""] if grid.notes or fit else []) + bucket_sections
   if grid.claims is not None:
-    lines += ["## The papers' claims on this grid", ""] + grid.claims(cells) + [""]
+    claims = grid.claims(cells)
+    lines += ["## The papers' claims on this grid", ""] + claims + [""]
+    if average_k_cells:
+      average_k_claims = grid.claims(average_k_cells)
+      changes = aggregate.verdict_changes(claims, average_k_claims)
+      lines += ["### The same claims on macro average-K", "",
+                "Every claim above checked again with macro average-K accuracy in place of macro top-K (read "
+                "\"macro top-K\" as macro average-K in this section). Verdicts that differ from macro top-K: "
+                + (f"{len(changes)} row(s)." if changes else "none."), ""] + changes + (
+                    [""] if changes else []) + average_k_claims + [""]
   commands = [i["command"] for i in invocations if i.get("runs_trained")] or [_this_command()]
   lines += ["## How this was made", "", "```"] + commands + ["```", "",
             f"- Generated {datetime.date.today().isoformat()} by `experiments/reproduce.py`; per-run numbers in "

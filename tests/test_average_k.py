@@ -7,6 +7,7 @@ import types
 import numpy as np
 import pytest
 
+from experiments import aggregate
 from experiments import checkpointing
 from experiments import config as config_lib
 from experiments import grids
@@ -160,10 +161,16 @@ def test_tables_gain_macro_average_k_only_for_runs_that_report_it(tmp_path):
   assert "| noised top-K, imbalanced | **86.00 ± 0.50** | **87.00 ± 0.50** | **88.00 ± 0.50** |" in average_k
   assert "| CE | 76.00 ± 0.50 | 77.00 ± 0.50 | 78.00 ± 0.50 |" in average_k
   assert "exp rho=100: macro average-1 (%)" in average_k
-  # Everything else is the older runs' table.md, byte for byte: the section is inserted after the top-K table.
+  # The claims checked again on average-K: the same shift for every row changes no verdict.
+  claims_start = table.index("### The same claims on macro average-K")
+  claims_end = table.index("## How this was made")
+  assert "Verdicts that differ from macro top-K: none." in table[claims_start:claims_end]
+  assert "| exp100 | 1 | 82.00 | 81.00 | +1.00 ± 0.41 | holds |" in table[claims_start:claims_end]  # MM-DRW - LDAM-DRW
+  # Everything else is the older runs' table.md, byte for byte: the sections are inserted after the top-K table
+  # and after the claims.
   start = table.index("### Macro average-K accuracy (%)")
   end = table.index("\n\n", table.index("| method |", start)) + 2
-  assert table[:start] + table[end:] == old_table
+  assert table[:start] + table[end:claims_start] + table[claims_end:] == old_table
   with open(os.path.join(out, "table.csv")) as f:
     rows = list(csv.DictReader(f))
   avg_rows = [r for r in rows if r["metric"] == "macro_avgk"]
@@ -186,3 +193,20 @@ def test_a_finished_run_gains_average_k_from_its_checkpoint_without_training(fas
   assert again["train_seconds"] == first["train_seconds"] and again["history"] == first["history"]
   assert again["test"] == first["test"] and again["average_k"] == first["average_k"]
   assert "macro_avg1_accuracy" in again["test"]
+
+
+def test_verdict_changes_lists_the_claim_rows_whose_verdict_flips_under_average_k():
+  groups = aggregate.ClaimGroups(labels={"ce": "CE", "ldam": "LDAM", "ce_drw": "CE-DRW", "noised_imbalanced": "NI",
+                                         "noised_balanced": "NB"},
+                                 balanced=("ce", "noised_balanced"), imbalanced=("ldam", "ce_drw", "noised_imbalanced"),
+                                 logit_adjusted=(), settings=("s",), ks=(1, 2))
+  base = {"ce": 70.0, "noised_balanced": 71.0, "ldam": 75.0, "ce_drw": 74.0, "noised_imbalanced": 80.0}
+  seeds = (-0.5, 0.0, 0.5)
+  top_k = {(r, "s", k): [v + k + d for d in seeds] for r, v in base.items() for k in (1, 2)}
+  average_k = dict(top_k)
+  # At K = 2 on average-K, LDAM falls 8 points: LDAM - CE turns from "holds" (+5) to "fails" (-3).
+  average_k[("ldam", "s", 2)] = [v - 8.0 for v in top_k[("ldam", "s", 2)]]
+  changes = aggregate.verdict_changes(aggregate.paper_claims(top_k, groups), aggregate.paper_claims(average_k, groups))
+  assert changes == ["- Claim 1, s, K = 2: holds; holds; holds; holds on top-K, holds; holds; fails; holds on "
+                     "average-K"]
+  assert aggregate.verdict_changes(aggregate.paper_claims(top_k, groups), aggregate.paper_claims(top_k, groups)) == []
