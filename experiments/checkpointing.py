@@ -29,7 +29,8 @@ from experiments import config as config_lib
 
 # Fields that may change between an interrupted run and its restart without changing what is trained.
 _RESTART_SAFE_FIELDS = ("log_every_steps", "eval_batch_size", "data_dir", "tfds_download", "distributed",
-                        "coordinator_address", "num_processes", "process_id", "checkpoint_every_epochs")
+                        "coordinator_address", "num_processes", "process_id", "checkpoint_every_epochs",
+                        "pretrain_cache_dir")
 CORRUPT_SUFFIX = ".corrupt"
 
 

@@ -96,6 +96,12 @@ class Config:
   mlp_widths: Tuple[int, ...] = (512, 512)  # Hidden layers of `model=mlp`.
   pretrained_weights: Optional[str] = None
   require_pretrained: bool = False  # The Pl@ntNet presets: refuse to start without pretrained_weights.
+  # synthetic_lt's mlp: hidden layers first trained with CE on a balanced draw of the same generator, then fine-tuned
+  # with the run's loss and a fresh head (experiments/pretraining.py). 0: no pretraining.
+  pretrain_examples_per_class: int = 0
+  pretrain_epochs: int = 30
+  pretrain_learning_rate: float = 0.1
+  pretrain_cache_dir: Optional[str] = None  # None: `pretrained/` beside the workdir (shared by a grid's runs).
   half_precision: bool = False
   # Optimizer and schedule (SGD with momentum, coupled weight decay, linear warm-up, step decay).
   epochs: int = 16
@@ -151,6 +157,7 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   _one_of(config, "imbalance_profile",
           synthetic_lt.PROFILES if config.dataset == "synthetic_lt" else imbalance.PROFILES)
   _check_synthetic(config, explicitly_set)
+  _check_pretraining(config, explicitly_set)
   if not config.mlp_widths or any(int(w) < 1 for w in config.mlp_widths):
     raise ValueError(f"`mlp_widths` must be a non-empty list of ints >= 1, got {config.mlp_widths}.")
   if "mlp_widths" in explicitly_set and config.model != "mlp":
@@ -265,6 +272,27 @@ def _check_synthetic(config, explicitly_set):
                      f"score), got k={config.k}.")
   if max(config.eval_ks) > spec.num_classes:
     raise ValueError(f"`eval_ks` must not exceed `synthetic_num_classes`={spec.num_classes}, got {config.eval_ks}.")
+
+
+PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_learning_rate", "pretrain_cache_dir")
+
+
+def _check_pretraining(config, explicitly_set):
+  n = config.pretrain_examples_per_class
+  if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+    raise ValueError(f"`pretrain_examples_per_class` must be an int >= 0 (0: no pretraining), got {n!r}.")
+  if not n:
+    stray = sorted(f for f in PRETRAIN_FIELDS if f in explicitly_set)
+    if stray:
+      raise ValueError(f"`{stray[0]}` is only used with `pretrain_examples_per_class` > 0.")
+    return
+  if config.dataset != "synthetic_lt" or config.model != "mlp":
+    raise ValueError(f"`pretrain_examples_per_class` pretrains the mlp of `dataset=synthetic_lt` on a balanced draw "
+                     f"of its generator; got dataset={config.dataset!r}, model={config.model!r}.")
+  if int(config.pretrain_epochs) < 1:
+    raise ValueError(f"`pretrain_epochs` must be >= 1, got {config.pretrain_epochs}.")
+  if not (np.isfinite(config.pretrain_learning_rate) and config.pretrain_learning_rate > 0):
+    raise ValueError(f"`pretrain_learning_rate` must be a finite number > 0, got {config.pretrain_learning_rate}.")
 
 
 def check_pretrained(config: Config) -> None:

@@ -55,6 +55,13 @@ HELP = {
     "synthetic_negative_slope": "synthetic_lt: slope of the map's leaky ReLU, in (0, 1].",
     "mlp_widths": "Hidden layer widths of model=mlp, comma-separated.",
     "subset_seed": "Seed of the long-tailed subset and validation split (synthetic_lt: of the generator).",
+    "pretrain_examples_per_class": ("synthetic_lt, model=mlp: pretrain the hidden layers with CE on this many "
+                                    "examples per class of a balanced draw of the same generator, then fine-tune "
+                                    "with a fresh head (experiments/pretraining.py). 0: from scratch."),
+    "pretrain_epochs": "Epochs of the pretraining (lr x0.1 at 2/3 and 5/6 of them).",
+    "pretrain_learning_rate": "Learning rate of the pretraining.",
+    "pretrain_cache_dir": ("Where pretrained hidden layers are cached, one file per seed and setting, shared by runs. "
+                           "Default: pretrained/ beside the workdir."),
 }
 
 

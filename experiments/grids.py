@@ -14,8 +14,12 @@ top-K accuracy or top-1 error, in %) and the papers' figures to print beside the
 - `synthetic_lt`: every loss of the library on the generated 100-class problem with an exact Bayes optimum
   (experiments/synthetic_lt.py), K = 1, 3, 5, with each method's regret; it runs on a CPU
   (experiments/configs/synthetic_lt.py).
+- `synthetic_lt_fit`, `synthetic_lt_pretrained`: the same table in other regimes of the same problem (issue 19):
+  trained until cross-entropy fits its training labels, and fine-tuned from hidden layers pretrained on a balanced
+  draw of the generator (`REGIMES` in experiments/configs/synthetic_lt.py).
 """
 import dataclasses
+import functools
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from experiments import config as config_lib
@@ -119,9 +123,9 @@ def _fashion_claims(cells):
 
 
 # --- synthetic_lt -----------------------------------------------------------------------------------------------------
-def _synthetic_runs(seeds):
+def _synthetic_runs(seeds, regime="underfit"):
   return [_run(preset, seed, method, setting, (k,) if k else synthetic_lt.KS)
-          for seed in seeds for preset, setting, method, k in synthetic_lt.runs()]
+          for seed in seeds for preset, setting, method, k in synthetic_lt.runs(regime=regime)]
 
 
 def _synthetic_claims(cells):
@@ -198,6 +202,35 @@ GRIDS = {
             "std over seeds (the Bayes figure is fixed).",
         )),
 }
+
+
+def _synthetic_regime_grid(regime: str, protocol: str) -> Grid:
+  """`synthetic_lt`'s table, rows, claims and Bayes rows for the runs of another regime of the same problem."""
+  base = GRIDS["synthetic_lt"]
+  return dataclasses.replace(
+      base, name=f"synthetic_lt_{regime}",
+      description=base.description.replace(", MLP, last epoch", f", MLP in the {regime} regime, last epoch"),
+      settings={s: f"{label}, {regime} regime" for s, label in base.settings.items()},
+      make_runs=functools.partial(_synthetic_runs, regime=regime), notes=(protocol,) + base.notes[1:])
+
+
+GRIDS["synthetic_lt_fit"] = _synthetic_regime_grid("fit", (
+    f"- Protocol (fit regime): every run trains an MLP of {' x '.join(map(str, synthetic_lt.FIT_WIDTHS))} hidden "
+    f"units for {synthetic_lt.FIT_EPOCHS} epochs at lr {synthetic_lt.LEARNING_RATE} without weight decay (x0.1 at "
+    f"epochs {', '.join(map(str, synthetic_lt.FIT_LR_DECAY_EPOCHS))}; DRW from epoch "
+    f"{synthetic_lt.FIT_LR_DECAY_EPOCHS[0]}), chosen so that cross-entropy fits at least 95 % of its training labels "
+    "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
+    "hyperparameters: `experiments/configs/synthetic_lt.py`."))
+GRIDS["synthetic_lt_pretrained"] = _synthetic_regime_grid("pretrained", (
+    f"- Protocol (pretrained regime): for each seed, the MLP's hidden layers are first trained with cross-entropy on "
+    f"{synthetic_lt.PRETRAIN_EXAMPLES_PER_CLASS} examples per class of a balanced draw of the same generator "
+    f"(examples disjoint from train / val / test; {synthetic_lt.PRETRAIN_EPOCHS} epochs at lr "
+    f"{synthetic_lt.PRETRAIN_LEARNING_RATE}; `experiments/pretraining.py`), once, shared by every loss of that seed; "
+    f"each run then fine-tunes them with its loss and a fresh head for {synthetic_lt.EPOCHS} epochs at lr "
+    f"{synthetic_lt.FINETUNE_LEARNING_RATE} (x0.1 at epochs {', '.join(map(str, synthetic_lt.LR_DECAY_EPOCHS))}; DRW "
+    f"from epoch {synthetic_lt.LR_DECAY_EPOCHS[0]}), as Pl@ntNet-300K's ResNet-50 fine-tunes ImageNet features "
+    "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
+    "hyperparameters: `experiments/configs/synthetic_lt.py`."))
 
 
 def get_grid(name: str) -> Grid:

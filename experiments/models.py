@@ -388,6 +388,14 @@ def load_pretrained(variables, path: str, *, name: str):
   arch = arrays.pop(ARCH_KEY, None)
   if arch is not None and str(arch) != name:
     raise ValueError(f"{path} holds weights converted for {str(arch)!r}, not for {name!r}.")
+  return replace_except_head(variables, arrays, source=path, name=name)
+
+
+def replace_except_head(variables, arrays: Mapping[str, np.ndarray], *, source: str, name: str):
+  """`variables` with every parameter and BatchNorm statistic except the head's replaced by `arrays` (flat
+  "collection/module/.../leaf" keys, as `load_pretrained` reads them from a file; `source` and `name` only word the
+  errors). Raises ValueError naming the missing keys, the unexpected keys and the shape mismatches; nothing is
+  replaced partially."""
   frozen = isinstance(variables, FrozenDict)
   flat = traverse_util.flatten_dict(dict(variables.unfreeze() if frozen else variables), sep="/")
   missing, mismatched, out = [], [], {}
@@ -405,7 +413,7 @@ def load_pretrained(variables, path: str, *, name: str):
     out[key] = jnp.asarray(value, dtype=leaf.dtype)
   unexpected = sorted(key for key in arrays if key not in flat and not _is_head(key))
   report = weights_format.key_problems_report(
-      f"Cannot load {path} into model {name!r}:",
+      f"Cannot load {source} into model {name!r}:",
       [("missing from the file", missing), ("shape mismatches", mismatched), ("not in the model", unexpected)])
   if report:
     raise ValueError(report)

@@ -291,3 +291,20 @@ def per_class_topk(scores: np.ndarray, labels: np.ndarray, k: int, num_classes: 
 def macro_topk(scores: np.ndarray, labels: np.ndarray, k: int, num_classes: int) -> float:
   """Macro-average top-k accuracy: the mean over classes of each class's top-k accuracy."""
   return float(per_class_topk(scores, labels, k, num_classes).mean())
+
+
+def balanced_draw(data: Synthetic, per_class: int, *, stream: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`per_class` fresh examples of every class of `data`'s problem: observations (float32 `[L * per_class, d]`, the
+  same map `f` and standardization as `data.x`), labels (int32, shuffled) and latents (float64).
+
+  The draw uses the random stream `np.random.default_rng([spec.seed, stream])`. `generate` uses streams 0 (classes,
+  genera, means), 1-3 (train, val, test) and 9 (the map); `stream` must be another one (>= 10), so the draw is
+  statistically independent of every split while it shares the classes, their means and `f`.
+  """
+  per_class = _check_int(per_class, "per_class", 1)
+  stream = _check_int(stream, "stream", 10)
+  rng = np.random.default_rng([data.spec.seed, stream])
+  y = np.repeat(np.arange(data.spec.num_classes), per_class)
+  y = y[rng.permutation(len(y))]
+  z = _class_latents(rng, data.means, y)
+  return apply_map(data.observation_map, z).astype(np.float32), y.astype(np.int32), z

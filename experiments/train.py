@@ -39,7 +39,7 @@ def config_from_flags():
 
 
 def default_workdir(preset_name, overrides):
-  ignored = {"data_dir", "log_every_steps", "eval_batch_size", "pretrained_weights"}
+  ignored = {"data_dir", "log_every_steps", "eval_batch_size", "pretrained_weights", "pretrain_cache_dir"}
   parts = [preset_name] + [f"{k}-{','.join(map(str, v)) if isinstance(v, tuple) else v}"
                            for k, v in sorted(overrides.items()) if k not in ignored]
   return os.path.join("workdirs", re.sub(r"[^A-Za-z0-9_.,=-]+", "", "_".join(parts)))

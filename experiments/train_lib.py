@@ -28,6 +28,7 @@ from experiments import checkpointing
 from experiments import config as config_lib
 from experiments import input_pipeline
 from experiments import models
+from experiments import pretraining
 from experiments import reporting
 from experiments import set_eval
 from experiments import synthetic_lt
@@ -327,7 +328,8 @@ def _maybe_initialize_distributed(config):
   jax.distributed.initialize(**kwargs)
 
 
-def create_train_state(config, dataset, steps_per_epoch):
+def create_train_state(config, dataset, steps_per_epoch, pretrained=None):
+  """The initial train state; with `pretrained` (`pretraining.hidden_layers`), the hidden layers start from it."""
   model = models.create_model(config.model, num_classes=dataset.num_classes, normalized_head=config.normalized_head,
                               dtype=jnp.bfloat16 if config.half_precision else jnp.float32, axis_name=AXIS,
                               mlp_widths=config.mlp_widths)
@@ -336,6 +338,8 @@ def create_train_state(config, dataset, steps_per_epoch):
   variables = jax.jit(functools.partial(model.init, train=False))(init_rng, dummy)
   if config.pretrained_weights:
     variables = models.load_pretrained(variables, config.pretrained_weights, name=config.model)
+  if pretrained is not None:
+    variables = pretraining.initialize_from(variables, pretrained)
   tx, schedule = make_optimizer(config, steps_per_epoch)
   state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                             batch_stats=variables.get("batch_stats", flax.core.FrozenDict()))
@@ -432,7 +436,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                dataset.num_classes, dataset.num_train_examples, class_counts.max(), class_counts.min(),
                dataset.eval_splits)
 
-  state, schedule = create_train_state(config, dataset, steps_per_epoch)
+  pretrained = pretraining.hidden_layers(config, dataset.synthetic, workdir)
+  state, schedule = create_train_state(config, dataset, steps_per_epoch, pretrained)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), config)
   meta = {"epoch": -1, "history": [], "best": None, "train_seconds": 0.0}
   best_variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -522,6 +527,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "best_epoch": None if meta["best"] is None else meta["best"]["epoch"] + 1,
       "test": test_metrics,
       "train_fit": train_fit,
+      "pretraining": None if pretrained is None else pretrained.record,
       "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,
       "average_k": average_k,
       "per_class": reporting.per_class_table(dataset, per_class),

@@ -77,29 +77,61 @@ def base_config(setting: str) -> config_lib.Config:
       log_every_steps=1000).replace(**SETTINGS[setting][1])
 
 
-def method_config(setting: str, method: str, k=None) -> config_lib.Config:
+# Regimes of the same problem (issue 19): how far each method's training goes. regime -> (preset-name infix,
+# description, changes to the protocol above, settings with presets). docs/results/regimes_protocols.md records
+# how the values were chosen.
+# - underfit: the protocol above (CE fits about 60 % of its training labels).
+# - fit: wider, no weight decay, 100 epochs (decays and DRW at the same fractions of training), so that CE fits
+#   at least 95 % of its training labels.
+# - pretrained: the MLP's hidden layers first trained with CE on 200 examples per class of a balanced draw of the
+#   same generator (experiments/pretraining.py: 30 epochs, lr 0.1), then fine-tuned with each loss and a fresh head
+#   at a 10x lower learning rate, as Pl@ntNet-300K's ResNet-50 fine-tunes ImageNet features.
+FIT_WIDTHS = (1024, 1024)
+FIT_EPOCHS = 100
+FIT_LR_DECAY_EPOCHS = (66, 83)
+PRETRAIN_EXAMPLES_PER_CLASS = 200
+PRETRAIN_EPOCHS = 30
+PRETRAIN_LEARNING_RATE = 0.1
+FINETUNE_LEARNING_RATE = 0.01
+REGIMES = {
+    "underfit": ("", "", {}, tuple(SETTINGS)),
+    "fit": ("fit", "fit regime (CE fits >= 95 % of its training labels)",
+            dict(mlp_widths=FIT_WIDTHS, weight_decay=0.0, epochs=FIT_EPOCHS, lr_decay_epochs=FIT_LR_DECAY_EPOCHS,
+                 drw_start_epoch=FIT_LR_DECAY_EPOCHS[0], eval_every_epochs=FIT_EPOCHS, checkpoint_every_epochs=10),
+            ("lt100",)),
+    "pretrained": ("pre", "pretrained regime (hidden layers pretrained on a balanced draw, then fine-tuned)",
+                   dict(pretrain_examples_per_class=PRETRAIN_EXAMPLES_PER_CLASS, pretrain_epochs=PRETRAIN_EPOCHS,
+                        pretrain_learning_rate=PRETRAIN_LEARNING_RATE, learning_rate=FINETUNE_LEARNING_RATE),
+                   tuple(SETTINGS)),
+}
+
+
+def method_config(setting: str, method: str, k=None, regime: str = "underfit") -> config_lib.Config:
   _, changes, takes_k = METHODS[method]
   changes = dict(changes)
   if takes_k:
     if k is None:
       raise ValueError(f"Method {method!r} needs `k`.")
     changes["k"] = k
-  return base_config(setting).replace(**changes)
+  return base_config(setting).replace(**REGIMES[regime][2]).replace(**changes)
 
 
-def preset_name(setting: str, method: str, k=None) -> str:
-  return f"synth_{setting}_{method}" + (f"_k{k}" if k is not None else "")
+def preset_name(setting: str, method: str, k=None, regime: str = "underfit") -> str:
+  infix = REGIMES[regime][0]
+  return f"synth_{setting}_{infix + '_' if infix else ''}{method}" + (f"_k{k}" if k is not None else "")
 
 
-def runs(settings=GRID_SETTINGS):
-  """(preset name, setting, method, k) of every preset of `settings`, in table order."""
-  return [(preset_name(s, m, k), s, m, k) for s in settings for m, (_, _, takes_k) in METHODS.items()
+def runs(settings=GRID_SETTINGS, regime: str = "underfit"):
+  """(preset name, setting, method, k) of every preset of `settings` in `regime`, in table order."""
+  return [(preset_name(s, m, k, regime), s, m, k) for s in settings for m, (_, _, takes_k) in METHODS.items()
           for k in (KS if takes_k else (None,))]
 
 
 def presets():
   out = {}
-  for name, setting, method, k in runs(tuple(SETTINGS)):
-    label = METHODS[method][0].replace("K", str(k)) if k else METHODS[method][0]
-    out[name] = (f"synthetic_lt {SETTINGS[setting][0]}: {label}.", method_config(setting, method, k), "")
+  for regime, (_, regime_label, _, settings) in REGIMES.items():
+    for name, setting, method, k in runs(settings, regime):
+      label = METHODS[method][0].replace("K", str(k)) if k else METHODS[method][0]
+      where = SETTINGS[setting][0] + (f", {regime_label}" if regime_label else "")
+      out[name] = (f"synthetic_lt {where}: {label}.", method_config(setting, method, k, regime), "")
   return out
