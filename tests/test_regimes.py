@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -143,6 +144,35 @@ def test_a_damaged_cache_file_is_recomputed_not_used(data, tmp_path, how):
   # The file was replaced by a valid one.
   assert pretraining.hidden_layers(config, data, str(tmp_path / "run")).record["cache"] == "hit"
   assert not [f for f in os.listdir(os.path.dirname(fresh.record["path"])) if f.endswith(".tmp")]
+
+
+_WAITER = """
+import sys
+from experiments import pretraining, synthetic_lt, config as config_lib
+from tests.test_regimes import _tiny
+config = _tiny()
+data = synthetic_lt.generate(config_lib.synthetic_spec(config))
+print("ready", flush=True)
+print(pretraining.hidden_layers(config, data, sys.argv[1]).record["cache"], flush=True)
+"""
+
+
+def test_a_second_process_waits_for_the_first_ones_file(data, tmp_path):
+  config = _tiny()
+  workdir = str(tmp_path / "run")
+  path = pretraining.cache_path(config, workdir)
+  with pretraining._exclusive(path):  # pylint: disable=protected-access  (this process is the first worker)
+    proc = subprocess.Popen([sys.executable, "-c", _WAITER, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+      assert proc.stdout.readline().strip() == "ready"
+      time.sleep(2.0)  # the other process now reaches the lock and waits
+      assert proc.poll() is None and not os.path.exists(path)
+      pretraining.write_cache(path, pretraining.pretrain_hidden_layers(config, data), pretraining.settings(config))
+    except BaseException:
+      proc.kill()
+      raise
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0 and out.strip() == "hit"  # it read this process's file instead of computing its own
 
 
 def test_cache_key_holds_what_determines_the_weights_and_nothing_else():
