@@ -284,7 +284,16 @@ def hidden_layers(config: config_lib.Config, data: synthetic_lt.Synthetic, workd
       write_cache(path, pretrained, config_settings)
   record = {"path": path, "key": cache_key(config), "cache": status, **pretrained.record,
             "settings": config_settings}
+  logging.info("%s", summary_line(record))
   return Pretrained(pretrained.arrays, record)
+
+
+def summary_line(record: dict) -> str:
+  """One line on the pretraining of a run, from its `results.json["pretraining"]`."""
+  cache = "read from the cache" if record["cache"] == "hit" else record["cache"]
+  return (f"Pretrained hidden layers {record['path']} ({cache}): CE on {record['train_examples']:,} balanced "
+          f"examples, train fit top-1 {100 * record['train_fit_top1']:.2f} %, held-out top-1 "
+          f"{100 * record['val_top1']:.2f} %, {record['seconds']:.0f} s to compute.")
 
 
 def initialize_from(variables, pretrained: Pretrained):

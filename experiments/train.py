@@ -89,6 +89,9 @@ def main(argv):
         f"({results['model_selection']}); trained in {results['train_seconds']:.0f} s\n")
   print(reporting.results_table(results, config.eval_ks))
   print(reporting.train_fit_line(results["train_fit"]))
+  if results["pretraining"]:
+    from experiments import pretraining  # pylint: disable=g-import-not-at-top
+    print(pretraining.summary_line(results["pretraining"]))
   print(f"\nResults: {os.path.join(os.path.abspath(workdir), 'results.json')}", flush=True)
 
 

@@ -194,12 +194,16 @@ def test_writing_the_cache_is_atomic(data, tmp_path, monkeypatch):
   pretrained = pretraining.pretrain_hidden_layers(config, data)
   path = str(tmp_path / "c" / "mlp_x.npz")
 
-  def fail(*args, **kwargs):
+  seen = []
+
+  def fail(fd):  # the write is done, not yet on disk: is the final name already taken?
+    seen.append(os.path.exists(path))
     raise OSError("disk full")
   monkeypatch.setattr(pretraining.os, "fsync", fail)
   with pytest.raises(OSError, match="disk full"):
     pretraining.write_cache(path, pretrained, pretraining.settings(config))
-  assert os.listdir(tmp_path / "c") == []  # neither a partial file under the final name nor a leftover temp file
+  assert seen == [False]  # the data went to another name
+  assert os.listdir(tmp_path / "c") == []  # and no partial or temporary file is left
   monkeypatch.undo()
   pretraining.write_cache(path, pretrained, pretraining.settings(config))
   assert os.listdir(tmp_path / "c") == ["mlp_x.npz"]
@@ -285,6 +289,22 @@ def test_an_explicit_cache_dir_is_used_and_a_restart_may_change_it(tmp_path):
   moved = train_lib.train_and_evaluate(config.replace(pretrain_cache_dir=str(tmp_path / "cache2")),
                                        str(tmp_path / "run"))
   assert moved["pretraining"]["cache"] == "computed" and moved["test"] == results["test"]
+
+
+def test_the_binary_pretrains_from_its_flags_and_prints_the_pretraining(tmp_path):
+  args = ["--config=synth_lt100_pre_ldam_drw", "--synthetic_num_classes=12", "--synthetic_num_genera=3",
+          "--synthetic_max_count=60", "--imbalance_ratio=10", "--synthetic_test_per_class=10",
+          "--validation_per_class=4", "--mlp_widths=32", "--epochs=2", "--lr_decay_epochs=1", "--drw_start_epoch=1",
+          "--eval_batch_size=40", "--pretrain_examples_per_class=10", "--pretrain_epochs=2",
+          f"--workdir={tmp_path / 'root' / 'run'}"]
+  out = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "root" / "run" / "results.json") as f:
+    record = json.load(f)["pretraining"]
+  assert record["path"].startswith(str(tmp_path / "root" / "pretrained" / "mlp_")) and record["cache"] == "computed"
+  assert (record["train_examples"], record["settings"]["epochs"], record["settings"]["mlp_widths"]) == (120, 2, [32])
+  assert pretraining.summary_line(record) in out.stdout
 
 
 # --- Configuration errors -----------------------------------------------------------------------------------------
