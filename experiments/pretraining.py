@@ -194,6 +194,7 @@ def pretrain_hidden_layers(config: config_lib.Config, data: synthetic_lt.Synthet
     if not np.isfinite(losses[-1]):
       raise FloatingPointError(f"The pretraining loss became {losses[-1]} in epoch {epoch + 1}; lower "
                                "`pretrain_learning_rate`.")
+    logging.info("pretraining epoch %d/%d: train loss %.4f", epoch + 1, config.pretrain_epochs, losses[-1])
   params, batch_stats, _ = carry
   final = {"params": params, "batch_stats": batch_stats}
   flat = {key: np.asarray(leaf) for key, leaf in traverse_util.flatten_dict(jax.device_get(final), sep="/").items()
