@@ -15,6 +15,8 @@ import tempfile
 
 import pytest
 
+from tests import fake_data
+
 _FLAG = "--xla_force_host_platform_device_count=2"
 if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
@@ -48,6 +50,14 @@ def pytest_configure(config):
   sys.path.insert(0, shadow)
   os.environ["NTK_TEST_WITHOUT"] = ",".join(names)  # read by tests/optional.py
   os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [shadow, os.environ.get("PYTHONPATH")]))
+
+
+@pytest.fixture(scope="module")
+def fashion_dir(tmp_path_factory):
+  """Generated Fashion-MNIST IDX files (60 training and 12 test images per class) for the tiny training runs."""
+  d = str(tmp_path_factory.mktemp("fashion"))
+  fake_data.write_fashion_mnist_idx(d, train_per_class=60, test_per_class=12)
+  return d
 
 
 def _memory_map_count():

@@ -17,19 +17,11 @@ from experiments import reproduce
 from experiments import set_eval
 from experiments import train_lib
 import noised_topk_jax as ntk
-from tests import fake_data
 from tests import reference as ref
 from tests import test_reproduce
 from tests.test_train import tiny_fashion_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def fashion_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("fashion"))
-  fake_data.write_fashion_mnist_idx(d, train_per_class=60, test_per_class=12)
-  return d
 
 
 def _host_probs(variables, apply_fn, dataset, split, scale, offsets):

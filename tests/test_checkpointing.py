@@ -20,16 +20,8 @@ from experiments import checkpointing
 from experiments import config as config_lib
 from experiments import configs
 from experiments import train_lib
-from tests import fake_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def fashion_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("fashion"))
-  fake_data.write_fashion_mnist_idx(d, train_per_class=60, test_per_class=12)
-  return d
 
 
 def tiny_config(data_dir, **changes):

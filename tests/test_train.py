@@ -26,13 +26,6 @@ from tests import reference as ref
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
-def fashion_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("fashion"))
-  fake_data.write_fashion_mnist_idx(d, train_per_class=60, test_per_class=12)
-  return d
-
-
 def tiny_fashion_config(data_dir, **changes):
   base = config_lib.Config(
       dataset="fashion_mnist_lt", data_dir=data_dir, imbalance_ratio=10.0, validation_per_class=6, epochs=2,
