@@ -8,9 +8,9 @@ import os
 import pytest
 
 # Listed in requirements.txt; a machine without them skips these tests, naming the package.
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-pytest.importorskip("ipykernel")  # the kernel nbclient starts
+nbformat = pytest.importorskip("nbformat", exc_type=ImportError)
+nbclient = pytest.importorskip("nbclient", exc_type=ImportError)
+pytest.importorskip("ipykernel", exc_type=ImportError)  # the kernel nbclient starts
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "colab_quickstart.ipynb")
@@ -40,7 +40,7 @@ def test_notebook_is_clean_and_states_tpu_differences():
 
 
 def test_notebook_executes_in_smoke_mode(monkeypatch):
-  pytest.importorskip("matplotlib")  # the notebook plots per-class accuracy
+  pytest.importorskip("matplotlib", exc_type=ImportError)  # the notebook plots per-class accuracy
   monkeypatch.setenv("NTK_NOTEBOOK_SMOKE", "1")
   monkeypatch.delenv("PYTHONPATH", raising=False)  # the notebook must find the checkout by itself
   nb = nbformat.read(NOTEBOOK, as_version=4)
