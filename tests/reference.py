@@ -431,7 +431,12 @@ def topk_accuracy(logits, labels, k):
 
 
 def per_class_topk_counts(logits, labels, k, num_classes, weights=None):
-  correct = topk_correct(logits, labels, k).reshape(-1)
+  return _per_class_counts(topk_correct(logits, labels, k), labels, num_classes, weights)
+
+
+def _per_class_counts(correct, labels, num_classes, weights):
+  """(weighted hits, weighted totals) per class of a boolean `correct` per example."""
+  correct = np.asarray(correct).reshape(-1)
   labels_flat = np.asarray(labels).reshape(-1)
   w = np.ones(labels_flat.shape) if weights is None else _f64(weights).reshape(-1)
   hits = np.zeros(num_classes)
@@ -492,15 +497,7 @@ def average_k_accuracy(probs, labels, threshold):
 
 
 def per_class_average_k_counts(probs, labels, threshold, num_classes, weights=None):
-  correct = average_k_correct(probs, labels, threshold).reshape(-1)
-  labels_flat = np.asarray(labels).reshape(-1)
-  w = np.ones(labels_flat.shape) if weights is None else _f64(weights).reshape(-1)
-  hits = np.zeros(num_classes)
-  total = np.zeros(num_classes)
-  for c, y, wi in zip(correct, labels_flat, w):
-    total[y] += wi
-    hits[y] += wi * c
-  return hits, total
+  return _per_class_counts(average_k_correct(probs, labels, threshold), labels, num_classes, weights)
 
 
 def macro_average_k_accuracy(probs, labels, threshold, num_classes):
