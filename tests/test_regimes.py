@@ -19,6 +19,7 @@ from experiments import reproduce
 from experiments import synthetic_lt as S
 from experiments import train_lib
 from experiments.configs import synthetic_lt as synth_configs
+from tests import test_reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -398,13 +399,5 @@ def test_dry_run_lists_the_regime_grid_and_its_commands_rebuild_the_configs(grid
   runs = grid.runs((0, 1, 2))
   assert lines[0] == f"# {grid_name}: 78 runs (0 done), seeds 0,1,2."
   assert lines[1:] == [reproduce.run_command(grid, r, "/nonexistent_root") for r in runs]
-  from experiments import train  # pylint: disable=g-import-not-at-top  (defines the flags)
   for run in grid.runs((0,)):
-    argv = ["train"] + [a for a in reproduce.run_command(grid, run, "root").split()[3:]
-                        if not a.startswith("--workdir")]
-    try:
-      train.FLAGS(argv)
-      config, _ = train.config_from_flags()
-    finally:
-      train.FLAGS.unparse_flags()
-    assert config == config_lib.validate(run.config), run.name
+    assert test_reproduce.config_of_command(grid, run) == config_lib.validate(run.config), run.name

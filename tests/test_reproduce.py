@@ -91,20 +91,26 @@ def test_dry_run_prints_every_command(grid):
     assert grids.get_grid(grid).data_flags in command
 
 
+def config_of_command(grid, run):
+  """The config that the training binary's own flags parse from the run's printed command (machine-specific flags
+  such as --workdir, --data_dir and --pretrained_weights left out)."""
+  from experiments import train  # pylint: disable=g-import-not-at-top  (defines the flags)
+  argv = ["train"] + [a for a in reproduce.run_command(grid, run, "root").split()[3:]
+                      if not a.startswith(("--workdir", "--data_dir", "--pretrained"))]
+  try:
+    train.FLAGS(argv)
+    config, _ = train.config_from_flags()
+  finally:
+    train.FLAGS.unparse_flags()
+  return config
+
+
 def test_dry_run_commands_rebuild_the_grid_configs():
   """Each printed command, parsed by the training binary's own flags, gives exactly the run's config."""
-  from experiments import train  # pylint: disable=g-import-not-at-top  (defines the flags)
   for grid_name in ("plantnet_table", "fashion_mnist_lt", "synthetic_lt"):
     grid = grids.get_grid(grid_name)
     for run in grid.runs((0, 4)):
-      argv = ["train"] + [a for a in reproduce.run_command(grid, run, "root").split()[3:]
-                          if not a.startswith(("--workdir", "--data_dir", "--pretrained"))]
-      try:
-        train.FLAGS(argv)
-        config, _ = train.config_from_flags()
-      finally:
-        train.FLAGS.unparse_flags()
-      assert config == config_lib.validate(run.config), run.name
+      assert config_of_command(grid, run) == config_lib.validate(run.config), run.name
 
 
 def _one_step(config, workdir):
