@@ -35,6 +35,8 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+  config.addinivalue_line("markers", "two_devices: needs two JAX devices (two forced host devices on a CPU); "
+                          "scripts/device_check.py deselects these on a one-accelerator machine")
   names = [n.strip() for n in config.getoption("--without").split(",") if n.strip()]
   if not names:
     return

@@ -753,6 +753,7 @@ def test_vmap_over_an_outer_batch_axis_for_compat_mode():
 
 
 @pytest.mark.parametrize("name", CORE_LOSS_NAMES + ["max_margin_compat"])
+@pytest.mark.two_devices
 def test_pmap_matches_reference_per_shard(name):
   assert jax.device_count() == 2
   shape = (2, 4, 10)
@@ -963,6 +964,7 @@ def test_vs_loss_vmap_over_examples():
   np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=RTOL, atol=ATOL)
 
 
+@pytest.mark.two_devices
 def test_vs_loss_pmap_matches_reference_per_shard():
   assert jax.device_count() == 2
   logits, labels = _inputs((2, 4, 10), 132)

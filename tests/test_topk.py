@@ -413,6 +413,7 @@ def test_per_example_keys_must_match_the_batch_shape():
     ntk.noised_kth_largest(scores, 2, epsilon=1.0, num_samples=2, key=jax.random.split(jax.random.key(0), 3))
 
 
+@pytest.mark.two_devices
 def test_pmap_matches_reference():
   assert jax.device_count() == 2
   shape, k, num_samples = (2, 3, 10), 2, 4
