@@ -312,6 +312,27 @@ def test_average_k_threshold(shape, k, use_jit, kind):
     assert sizes.sum() >= shape[0] * k
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_selection_behind_the_threshold_matches_a_sort(dtype):
+  """The radix selection gives the m-th and (m+1)-th largest entries of any floats: signs, zeros, ties, infinities."""
+  from noised_topk_jax import metrics  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(7)
+  values = np.concatenate([rng.standard_normal(300) * 10.0 ** rng.integers(-30, 30, 300),
+                           rng.choice([0.0, -0.0, 1.5, -1.5, np.inf, -np.inf], 100), np.full(40, 0.125)])
+  values = rng.permutation(values).astype(dtype)
+  ordered = np.sort(values)[::-1]
+  with jax.enable_x64(dtype == np.float64):
+    select = jax.jit(metrics._mth_and_next_largest, static_argnums=1)  # pylint: disable=protected-access
+    # Inside and at the last entry of tied blocks, and spread over the rest.
+    tied = [int(np.argmax(ordered == v)) + j for v in (0.125, 1.5, np.inf) for j in (1, 3)]
+    tied.append(int(np.argmax(ordered == 0.125)) + 40)
+    for m in [1, 2, 50, 99, 100, 101, 200, 250, 399, 400, 438, values.size - 1] + tied:
+      upper, lower = select(jnp.asarray(values), m)
+      assert upper.dtype == dtype and lower.dtype == dtype
+      # == also equates -0.0 with 0.0, which a sort may order either way.
+      assert upper == ordered[m - 1] and lower == ordered[m], m
+
+
 def test_average_k_threshold_ties_hand_checked():
   probs = jnp.array([[0.5, 0.25, 0.25], [0.5, 0.25, 0.25]])
   # k = 1: sorted 0.5, 0.5 | 0.25 ...: lambda = 0.375, one class per set.
