@@ -14,6 +14,7 @@ top-K accuracy or top-1 error, in %) and the papers' figures to print beside the
 - `synthetic_lt`: every loss of the library on the generated 100-class problem with an exact Bayes optimum
   (experiments/synthetic_lt.py), K = 1, 3, 5, with each method's regret; it runs on a CPU
   (experiments/configs/synthetic_lt.py).
+- `fashion_mnist_lt_converged`: the rows of `fashion_mnist_lt` that issue 19 names (exp rho = 100) trained 10x longer.
 - `synthetic_lt_fit`, `synthetic_lt_pretrained`: the same table in other regimes of the same problem (issue 19):
   trained until cross-entropy fits its training labels, and fine-tuned from hidden layers pretrained on a balanced
   draw of the generator (`REGIMES` in experiments/configs/synthetic_lt.py).
@@ -117,6 +118,11 @@ def _fashion_runs(seeds):
           for seed in seeds for preset, setting, method, k in fashion_mnist_lt.runs()]
 
 
+def _fashion_converged_runs(seeds):
+  return [_run(preset, seed, method, setting, (k,) if k else fashion_mnist_lt.KS)
+          for seed in seeds for preset, setting, method, k in fashion_mnist_lt.runs(converged=True)]
+
+
 def _fashion_claims(cells):
   from experiments import aggregate  # pylint: disable=g-import-not-at-top
   return aggregate.fashion_claims(cells)
@@ -202,6 +208,23 @@ GRIDS = {
             "std over seeds (the Bayes figure is fixed).",
         )),
 }
+
+
+_FASHION = GRIDS["fashion_mnist_lt"]
+GRIDS["fashion_mnist_lt_converged"] = dataclasses.replace(
+    _FASHION, name="fashion_mnist_lt_converged",
+    description=_FASHION.description.replace("small CNN, last epoch", "small CNN trained to convergence, last epoch"),
+    rows={m: _FASHION.rows[m] for m in fashion_mnist_lt.CONVERGED_METHODS},
+    settings={s: f"{_FASHION.settings[s]}, {fashion_mnist_lt.CONVERGED_EPOCHS} epochs"
+              for s in fashion_mnist_lt.CONVERGED_SETTINGS},
+    make_runs=_fashion_converged_runs,
+    notes=(f"- Protocol (convergence): every run trains {fashion_mnist_lt.CONVERGED_EPOCHS} epochs, 10x the "
+           f"`fashion_mnist_lt` grid's, at lr {fashion_mnist_lt.LEARNING_RATE} (x0.1 at epochs "
+           f"{', '.join(map(str, fashion_mnist_lt.CONVERGED_LR_DECAY_EPOCHS))}, the same fractions of training; DRW "
+           f"from epoch {fashion_mnist_lt.CONVERGED_LR_DECAY_EPOCHS[0]}); everything else, loss hyperparameters "
+           "included, as in that grid ([../fashion_mnist_lt/table.md](../fashion_mnist_lt/table.md)); the last "
+           "epoch's model is tested once. The rows of issue 19: does each verdict of the 10-epoch grid survive "
+           "training until the models fit their training data (train fit column)?",) + _FASHION.notes[1:])
 
 
 def _synthetic_regime_grid(regime: str, protocol: str) -> Grid:

@@ -18,6 +18,7 @@ from experiments import pretraining
 from experiments import reproduce
 from experiments import synthetic_lt as S
 from experiments import train_lib
+from experiments.configs import fashion_mnist_lt as fashion_configs
 from experiments.configs import synthetic_lt as synth_configs
 from tests import test_reproduce
 
@@ -399,5 +400,36 @@ def test_dry_run_lists_the_regime_grid_and_its_commands_rebuild_the_configs(grid
   runs = grid.runs((0, 1, 2))
   assert lines[0] == f"# {grid_name}: 78 runs (0 done), seeds 0,1,2."
   assert lines[1:] == [reproduce.run_command(grid, r, "/nonexistent_root") for r in runs]
+  for run in grid.runs((0,)):
+    assert test_reproduce.config_of_command(grid, run) == config_lib.validate(run.config), run.name
+
+
+def test_fashion_converged_presets_are_the_grid_presets_trained_ten_times_longer():
+  runs = fashion_configs.runs(converged=True)
+  assert [m for _, _, m, k in runs if k in (None, 1)] == list(fashion_configs.CONVERGED_METHODS)
+  assert len(runs) == 11 and {s for _, s, _, _ in runs} == {"exp100"}
+  for name, setting, method, k in runs:
+    preset = configs.get_preset(name)
+    assert name == f"fmnist_exp100_conv_{method}" + (f"_k{k}" if k else "")
+    config = config_lib.validate(preset.config)
+    short = config_lib.validate(configs.get_preset(fashion_configs.preset_name(setting, method, k)).config)
+    changed = {f for f, v in config.to_dict().items() if v != short.to_dict()[f]}
+    assert changed == {"epochs", "lr_decay_epochs", "drw_start_epoch", "eval_every_epochs",
+                       "checkpoint_every_epochs"}, (name, changed)
+    assert config.epochs >= 10 * short.epochs
+    # Decays and DRW at the same fractions of training.
+    np.testing.assert_allclose(np.array(config.lr_decay_epochs) / config.epochs,
+                               np.array(short.lr_decay_epochs) / short.epochs)
+    assert config.drw_start_epoch == config.lr_decay_epochs[0] and config.eval_every_epochs == config.epochs
+
+
+def test_fashion_converged_grid_reuses_the_fashion_table_and_its_commands_rebuild_the_configs():
+  grid, base = grids.get_grid("fashion_mnist_lt_converged"), grids.get_grid("fashion_mnist_lt")
+  runs = grid.runs((0, 1, 2))
+  assert len(runs) == 33 and len({r.name for r in runs}) == 33
+  assert list(grid.rows) == list(fashion_configs.CONVERGED_METHODS)
+  assert all(grid.rows[m] == base.rows[m] for m in grid.rows)
+  assert (grid.ks, grid.metric, grid.claims, list(grid.settings)) == (base.ks, base.metric, base.claims, ["exp100"])
+  assert grid.notes[0].startswith("- Protocol (convergence)") and grid.notes[1:] == base.notes[1:]
   for run in grid.runs((0,)):
     assert test_reproduce.config_of_command(grid, run) == config_lib.validate(run.config), run.name

@@ -79,6 +79,15 @@ METHODS = {
     "noised_imbalanced_la": ("noised top-K, imbalanced + LA offsets (tau 1)",
                              dict(logit_adjustment_tau=1.0, **_NOISED_IMBALANCED), True),
 }
+# The convergence protocol (issue 19; grid fashion_mnist_lt_converged): 10x the epochs of the grid above, the lr
+# decays and DRW at the same fractions of training (x0.1 at 60 % and 90 %), checkpoints every 10 epochs, everything
+# else unchanged (lr 0.05 included, tuned for 10 epochs). The rows of the question "do the grid's verdicts survive
+# training to convergence?", on exp rho = 100. Preset names `fmnist_exp100_conv_{method}[_k{K}]`.
+CONVERGED_EPOCHS = 100
+CONVERGED_LR_DECAY_EPOCHS = (60, 90)
+CONVERGED_SETTINGS = ("exp100",)
+CONVERGED_METHODS = ("ce", "ce_drw", "ldam", "ldam_drw", "mm_drw", "la", "ce_posthoc_la", "vs", "noised_imbalanced")
+
 # Groups used by the claims checked next to the table.
 BALANCED = ("ce", "focal", "topk_hinge", "smooth_svm", "noised_balanced")
 IMBALANCED = ("ce_drw", "ldam", "ldam_drw", "mm", "mm_drw", "mm_ldam_drw", "noised_imbalanced", "la", "ce_posthoc_la",
@@ -97,6 +106,11 @@ def base_config(setting: str, *, epochs: int = EPOCHS, learning_rate: float = LE
       checkpoint_every_epochs=2, log_every_steps=1000)
 
 
+def converged_base_config(setting: str) -> config_lib.Config:
+  return base_config(setting, epochs=CONVERGED_EPOCHS, lr_decay_epochs=CONVERGED_LR_DECAY_EPOCHS).replace(
+      checkpoint_every_epochs=10)
+
+
 def method_config(setting: str, method: str, k=None, base=None) -> config_lib.Config:
   _, changes, takes_k = METHODS[method]
   changes = dict(changes)
@@ -110,24 +124,32 @@ def method_config(setting: str, method: str, k=None, base=None) -> config_lib.Co
   return (base or base_config(setting)).replace(**changes)
 
 
-def preset_name(setting: str, method: str, k=None) -> str:
-  return f"fmnist_{setting}_{method}" + (f"_k{k}" if k is not None else "")
+def preset_name(setting: str, method: str, k=None, converged: bool = False) -> str:
+  return f"fmnist_{setting}_{'conv_' if converged else ''}{method}" + (f"_k{k}" if k is not None else "")
 
 
-def runs():
-  """(preset name, setting, method, k) of every preset, in table order."""
+def runs(converged: bool = False):
+  """(preset name, setting, method, k) of every preset of the grid (or of the convergence grid), in table order."""
+  settings = CONVERGED_SETTINGS if converged else tuple(s for s, _, _ in SETTINGS)
+  methods = CONVERGED_METHODS if converged else tuple(METHODS)
   out = []
-  for setting, _, _ in SETTINGS:
-    for method, (_, _, takes_k) in METHODS.items():
-      for k in (KS if takes_k else (None,)):
-        out.append((preset_name(setting, method, k), setting, method, k))
+  for setting in settings:
+    for method in methods:
+      for k in (KS if METHODS[method][2] else (None,)):
+        out.append((preset_name(setting, method, k, converged), setting, method, k))
   return out
 
 
 def presets():
   out = {}
-  for name, setting, method, k in runs():
-    label = METHODS[method][0].replace("K", str(k)) if k else METHODS[method][0]
-    out[name] = (f"Long-tailed Fashion-MNIST {setting}: {label} (fashion_mnist_lt grid).",
-                 method_config(setting, method, k), "")
+  for converged in (False, True):
+    for name, setting, method, k in runs(converged):
+      label = METHODS[method][0].replace("K", str(k)) if k else METHODS[method][0]
+      if converged:
+        out[name] = (f"Long-tailed Fashion-MNIST {setting}, trained to convergence ({CONVERGED_EPOCHS} epochs): "
+                     f"{label} (fashion_mnist_lt_converged grid).",
+                     method_config(setting, method, k, base=converged_base_config(setting)), "")
+      else:
+        out[name] = (f"Long-tailed Fashion-MNIST {setting}: {label} (fashion_mnist_lt grid).",
+                     method_config(setting, method, k), "")
   return out
