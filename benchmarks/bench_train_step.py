@@ -2,12 +2,16 @@
 
     python benchmarks/bench_train_step.py                    # ResNet-32, CIFAR shapes, batch 128, L = 100
     python benchmarks/bench_train_step.py --preset plantnet  # ResNet-50, 224x224, batch 32, L = 1081 (GPU-sized)
+    python benchmarks/bench_train_step.py --preset synthetic1081   # the generated plantnet1081 MLP, batch 128
 
 The step is `experiments.train_lib.train_step` under `jax.pmap` over the local devices, exactly as the trainer runs it
 (forward, loss, backward, gradient psum, SGD update, BatchNorm statistics), on random images. The loss's share of a
 step is estimated twice: from the two step times, `(t_noised - t_ce) / t_noised`, and from the loss's own forward +
 backward on the step's logits shape, timed alone (`loss alone / t_noised`), which does not suffer from the
-subtraction of two noisy numbers. Results go to their section of benchmarks/RESULTS.md.
+subtraction of two noisy numbers. The B N L standard normals of the loss are timed alone too (`jax.random.normal`
+of `[B, N, L]`, the floor of bench_noised_topk.py): where the model is small (the `synthetic1081` MLP: 8 inputs,
+2 x 512, L = 1081) they, not the network, can dominate the step. Results go to their section of
+benchmarks/RESULTS.md.
 """
 import argparse
 import functools
@@ -30,21 +34,34 @@ PRESETS = {
     "cifar": dict(model="resnet32", num_classes=100, image_size=32, batch_size=128),
     # Pl@ntNet-300K protocol: ResNet-50, 224x224 crops, batch 32, 1081 classes.
     "plantnet": dict(model="resnet50", num_classes=1081, image_size=224, batch_size=32),
+    # The generated plantnet1081 problem (experiments/configs/synthetic_lt.py): an MLP of 2 x 512 on 8-d vectors.
+    "synthetic1081": dict(model="mlp", num_classes=1081, input_shape=(8,), batch_size=128),
 }
 # The imbalanced noised loss of the Pl@ntNet-300K commands: K = 5, eps 0.01, B = 5, max margin 0.2, scale 60.
 NOISED = dict(k=5, epsilon=0.01, num_samples=5, max_margin=0.2, scale=60.0)
 
 
+def _input_shape(preset):
+  return preset.get("input_shape") or (preset["image_size"], preset["image_size"], 3)
+
+
+def _title(preset):
+  if "input_shape" in preset:
+    return f"{preset['model']} on {preset['input_shape'][0]}-d vectors"
+  return f"{preset['model']}, {preset['image_size']}x{preset['image_size']}"
+
+
 class _FakeDataset:
-  def __init__(self, num_classes, image_size):
+  def __init__(self, num_classes, input_shape):
     self.num_classes = num_classes
-    self.image_shape = (image_size, image_size, 3)
+    self.image_shape = tuple(input_shape)
     self.train_class_counts = np.maximum(1, (500 * 0.01**(np.arange(num_classes) / (num_classes - 1)))).astype(int)
 
 
 def _config(preset, loss, half_precision):
   extra = NOISED if loss == "noised_imbalanced" else {}
-  return config_lib.Config(dataset="cifar100_lt", model=preset["model"], loss=loss, normalized_head=True,
+  dataset = "synthetic_lt" if preset["model"] == "mlp" else "cifar100_lt"
+  return config_lib.Config(dataset=dataset, model=preset["model"], loss=loss, normalized_head=True,
                            batch_size=preset["batch_size"], half_precision=half_precision, **extra)
 
 
@@ -104,19 +121,32 @@ def _loss_alone(preset, dataset):
   return run
 
 
+def _normals_alone(preset, dataset):
+  """`jax.random.normal` of the loss's `[B, N, L]` noise on one device, as a jitted step with a fresh key."""
+  shape = (NOISED["num_samples"], preset["batch_size"] // jax.local_device_count(), dataset.num_classes)
+  draw = jax.jit(lambda key: (jax.random.normal(jax.random.fold_in(key, 1), shape), jax.random.split(key)[0]))
+  state = {"key": jax.random.key(0)}
+
+  def run():
+    out, state["key"] = draw(state["key"])
+    jax.block_until_ready(out)
+
+  return run
+
+
 def run(preset_name, *, repeats, half_precision):
   preset = PRESETS[preset_name]
-  dataset = _FakeDataset(preset["num_classes"], preset["image_size"])
+  dataset = _FakeDataset(preset["num_classes"], _input_shape(preset))
   fns = {"ce": _Trainer(preset, "ce", dataset, half_precision),
          "noised": _Trainer(preset, "noised_imbalanced", dataset, half_precision),
-         "loss_alone": _loss_alone(preset, dataset)}
+         "loss_alone": _loss_alone(preset, dataset), "normals_alone": _normals_alone(preset, dataset)}
   load_before = common.load_average()
   times = common.interleaved_times(fns, repeats=repeats, warmup=2)
   load_after = common.load_average()
   t = {name: common.median_ms(v) for name, v in times.items()}
   batch = preset["batch_size"]
-  lines = [f"## Train step: {preset['model']}, {preset['image_size']}x{preset['image_size']}, batch {batch}, "
-           f"L = {preset['num_classes']}", "", *common.machine_description(jax),
+  lines = [f"## Train step: {_title(preset)}, batch {batch}, L = {preset['num_classes']}", "",
+           *common.machine_description(jax),
            f"- Load average (1/5/15 min) before: {' / '.join(f'{x:.2f}' for x in load_before)}, after: "
            f"{' / '.join(f'{x:.2f}' for x in load_after)}",
            f"- `experiments.train_lib.train_step` under `jax.pmap` over {jax.local_device_count()} local device(s), "
@@ -128,6 +158,9 @@ def run(preset_name, *, repeats, half_precision):
            f"| imbalanced noised top-K | {t['noised']:.1f} | {1e3 * batch / t['noised']:.1f} |", "",
            f"- Noised loss forward + backward alone on the step's logits: {t['loss_alone']:.2f} ms = "
            f"**{100 * t['loss_alone'] / t['noised']:.2f}%** of the noised step.",
+           f"- Its B N L = {NOISED['num_samples']} x {batch // jax.local_device_count()} x {preset['num_classes']} "
+           f"standard normals alone (`jax.random.normal`): {t['normals_alone']:.2f} ms = "
+           f"{100 * t['normals_alone'] / t['noised']:.2f}% of the noised step.",
            f"- Step-time difference (noised - CE) / noised: {100 * (t['noised'] - t['ce']) / t['noised']:.2f}% "
            "(the difference of two noisy medians; can be negative)."]
   return "\n".join(lines)

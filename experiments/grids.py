@@ -129,17 +129,17 @@ def _fashion_claims(cells):
 
 
 # --- synthetic_lt -----------------------------------------------------------------------------------------------------
-def _synthetic_runs(seeds, regime="underfit"):
+def _synthetic_runs(seeds, regime="underfit", settings=synthetic_lt.GRID_SETTINGS):
   return [_run(preset, seed, method, setting, (k,) if k else synthetic_lt.KS)
-          for seed in seeds for preset, setting, method, k in synthetic_lt.runs(regime=regime)]
+          for seed in seeds for preset, setting, method, k in synthetic_lt.runs(settings, regime=regime)]
 
 
-def _synthetic_claims(cells):
+def _synthetic_claims(cells, settings=synthetic_lt.GRID_SETTINGS):
   from experiments import aggregate  # pylint: disable=g-import-not-at-top
   return aggregate.paper_claims(cells, aggregate.ClaimGroups(
       labels={m: label for m, (label, _, _) in synthetic_lt.METHODS.items()}, balanced=synthetic_lt.BALANCED,
       imbalanced=synthetic_lt.IMBALANCED, logit_adjusted=synthetic_lt.LOGIT_ADJUSTED,
-      settings=synthetic_lt.GRID_SETTINGS, ks=synthetic_lt.KS))
+      settings=tuple(settings), ks=synthetic_lt.KS))
 
 
 GRIDS = {
@@ -227,14 +227,42 @@ GRIDS["fashion_mnist_lt_converged"] = dataclasses.replace(
            "training until the models fit their training data (train fit column)?",) + _FASHION.notes[1:])
 
 
-def _synthetic_regime_grid(regime: str, protocol: str) -> Grid:
-  """`synthetic_lt`'s table, rows, claims and Bayes rows for the runs of another regime of the same problem."""
+def _synthetic_regime_grid(regime: str, protocol: str, setting: str = "lt100") -> Grid:
+  """`synthetic_lt`'s table, rows, claims and Bayes rows for the runs of another regime (or setting) of the problem."""
   base = GRIDS["synthetic_lt"]
+  name = f"synthetic_lt_{regime}" if setting == "lt100" else f"synthetic_{setting}_{regime}"
+  description = base.description.replace(", MLP, last epoch", f", MLP in the {regime} regime, last epoch")
+  notes, claims = base.notes[1:], base.claims
+  if setting != "lt100":
+    test_per_class = synthetic_lt.SETTINGS[setting][1]["synthetic_test_per_class"]
+    description = description.replace("Generated 100-class long-tailed problem",
+                                      "Generated 1,081-class problem with Pl@ntNet-300K's tail").replace(
+                                          "(100 per class)", f"({test_per_class} per class)")
+    notes = (_PLANTNET1081_DATA,) + notes[1:]
+    claims = functools.partial(_synthetic_claims, settings=(setting,))
   return dataclasses.replace(
-      base, name=f"synthetic_lt_{regime}",
-      description=base.description.replace(", MLP, last epoch", f", MLP in the {regime} regime, last epoch"),
-      settings={s: f"{label}, {regime} regime" for s, label in base.settings.items()},
-      make_runs=functools.partial(_synthetic_runs, regime=regime), notes=(protocol,) + base.notes[1:])
+      base, name=name, description=description,
+      settings={setting: f"{synthetic_lt.SETTINGS[setting][0]}, {regime} regime"},
+      make_runs=functools.partial(_synthetic_runs, regime=regime, settings=(setting,)), claims=claims,
+      notes=(protocol,) + notes)
+
+
+_PLANTNET1081_DATA = (
+    "- Data: 1,081 classes in 108 genera (confusable within a genus), the `plantnet` profile: a power law from 5,000 "
+    "training examples in the head class down to 1 (22,034 in all; the rarest 80 % of the classes hold 10.9 % of "
+    "them, as in Pl@ntNet-300K), latent and observation dimension 8; 20 validation and 20 test examples per class. "
+    "The same data for every run (generator seed 0); seeds change the initialization, the pretraining draw's order, "
+    "the batch order and the loss's noise.")
+_PRETRAINED_PROTOCOL = (
+    f"- Protocol (pretrained regime): for each seed, the MLP's hidden layers are first trained with cross-entropy on "
+    f"{synthetic_lt.PRETRAIN_EXAMPLES_PER_CLASS} examples per class of a balanced draw of the same generator "
+    f"(examples disjoint from train / val / test; {synthetic_lt.PRETRAIN_EPOCHS} epochs at lr "
+    f"{synthetic_lt.PRETRAIN_LEARNING_RATE}; `experiments/pretraining.py`), once, shared by every loss of that seed; "
+    f"each run then fine-tunes them with its loss and a fresh head for {synthetic_lt.EPOCHS} epochs at lr "
+    f"{synthetic_lt.FINETUNE_LEARNING_RATE} (x0.1 at epochs {', '.join(map(str, synthetic_lt.LR_DECAY_EPOCHS))}; DRW "
+    f"from epoch {synthetic_lt.LR_DECAY_EPOCHS[0]}), as Pl@ntNet-300K's ResNet-50 fine-tunes ImageNet features "
+    "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
+    "hyperparameters: `experiments/configs/synthetic_lt.py`.")
 
 
 GRIDS["synthetic_lt_fit"] = _synthetic_regime_grid("fit", (
@@ -244,16 +272,9 @@ GRIDS["synthetic_lt_fit"] = _synthetic_regime_grid("fit", (
     f"{synthetic_lt.FIT_LR_DECAY_EPOCHS[0]}), chosen so that cross-entropy fits at least 95 % of its training labels "
     "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
     "hyperparameters: `experiments/configs/synthetic_lt.py`."))
-GRIDS["synthetic_lt_pretrained"] = _synthetic_regime_grid("pretrained", (
-    f"- Protocol (pretrained regime): for each seed, the MLP's hidden layers are first trained with cross-entropy on "
-    f"{synthetic_lt.PRETRAIN_EXAMPLES_PER_CLASS} examples per class of a balanced draw of the same generator "
-    f"(examples disjoint from train / val / test; {synthetic_lt.PRETRAIN_EPOCHS} epochs at lr "
-    f"{synthetic_lt.PRETRAIN_LEARNING_RATE}; `experiments/pretraining.py`), once, shared by every loss of that seed; "
-    f"each run then fine-tunes them with its loss and a fresh head for {synthetic_lt.EPOCHS} epochs at lr "
-    f"{synthetic_lt.FINETUNE_LEARNING_RATE} (x0.1 at epochs {', '.join(map(str, synthetic_lt.LR_DECAY_EPOCHS))}; DRW "
-    f"from epoch {synthetic_lt.LR_DECAY_EPOCHS[0]}), as Pl@ntNet-300K's ResNet-50 fine-tunes ImageNet features "
-    "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
-    "hyperparameters: `experiments/configs/synthetic_lt.py`."))
+GRIDS["synthetic_lt_pretrained"] = _synthetic_regime_grid("pretrained", _PRETRAINED_PROTOCOL)
+GRIDS["synthetic_plantnet1081_pretrained"] = _synthetic_regime_grid("pretrained", _PRETRAINED_PROTOCOL,
+                                                                    setting="plantnet1081")
 
 
 def get_grid(name: str) -> Grid:

@@ -433,3 +433,22 @@ def test_fashion_converged_grid_reuses_the_fashion_table_and_its_commands_rebuil
   assert grid.notes[0].startswith("- Protocol (convergence)") and grid.notes[1:] == base.notes[1:]
   for run in grid.runs((0,)):
     assert test_reproduce.config_of_command(grid, run) == config_lib.validate(run.config), run.name
+
+
+def test_plantnet1081_pretrained_grid_runs_every_method_on_the_pl_at_ntnet_sized_setting():
+  grid, base = grids.get_grid("synthetic_plantnet1081_pretrained"), grids.get_grid("synthetic_lt_pretrained")
+  runs = grid.runs((0, 1, 2))
+  assert len(runs) == 78 and len({r.name for r in runs}) == 78
+  for run, base_run in zip(runs, base.runs((0, 1, 2))):
+    assert run.preset == base_run.preset.replace("synth_lt100_pre_", "synth_plantnet1081_pre_")
+    assert (run.seed, run.row, run.ks, run.setting) == (base_run.seed, base_run.row, base_run.ks, "plantnet1081")
+    assert run.config.synthetic_num_classes == 1081 and run.config.imbalance_profile == "plantnet"
+  assert {r.config.loss for r in runs} == set(config_lib.LOSSES)
+  assert (grid.rows, grid.ks, grid.metric, grid.bayes) == (base.rows, base.ks, base.metric, True)
+  assert list(grid.settings) == ["plantnet1081"] and "1,081-class" in grid.description
+  assert grid.notes[0] == base.notes[0] and grid.notes[1].startswith("- Data: 1,081 classes")
+  # The claims are checked on this grid's setting.
+  cells = {(m, "plantnet1081", k): [50.0, 51.0] for m in grid.rows for k in grid.ks}
+  cells[("noised_imbalanced", "plantnet1081", 1)] = [60.0, 61.0]
+  claims = "\n".join(grid.claims(cells))
+  assert "| plantnet1081 | 1 | 60.50 | 1 of 16 |" in claims
