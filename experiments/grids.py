@@ -253,16 +253,19 @@ _PLANTNET1081_DATA = (
     "them, as in Pl@ntNet-300K), latent and observation dimension 8; 20 validation and 20 test examples per class. "
     "The same data for every run (generator seed 0); seeds change the initialization, the pretraining draw's order, "
     "the batch order and the loss's noise.")
-_PRETRAINED_PROTOCOL = (
-    f"- Protocol (pretrained regime): for each seed, the MLP's hidden layers are first trained with cross-entropy on "
-    f"{synthetic_lt.PRETRAIN_EXAMPLES_PER_CLASS} examples per class of a balanced draw of the same generator "
-    f"(examples disjoint from train / val / test; {synthetic_lt.PRETRAIN_EPOCHS} epochs at lr "
-    f"{synthetic_lt.PRETRAIN_LEARNING_RATE}; `experiments/pretraining.py`), once, shared by every loss of that seed; "
-    f"each run then fine-tunes them with its loss and a fresh head for {synthetic_lt.EPOCHS} epochs at lr "
-    f"{synthetic_lt.FINETUNE_LEARNING_RATE} (x0.1 at epochs {', '.join(map(str, synthetic_lt.LR_DECAY_EPOCHS))}; DRW "
-    f"from epoch {synthetic_lt.LR_DECAY_EPOCHS[0]}), as Pl@ntNet-300K's ResNet-50 fine-tunes ImageNet features "
-    "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
-    "hyperparameters: `experiments/configs/synthetic_lt.py`.")
+def _pretrained_protocol(setting="lt100"):
+  lr = synthetic_lt.method_config(setting, "ce", regime="pretrained").learning_rate
+  return (
+      f"- Protocol (pretrained regime): for each seed, the MLP's hidden layers are first trained with cross-entropy "
+      f"on {synthetic_lt.PRETRAIN_EXAMPLES_PER_CLASS} examples per class of a balanced draw of the same generator "
+      f"(examples disjoint from train / val / test; {synthetic_lt.PRETRAIN_EPOCHS} epochs at lr "
+      f"{synthetic_lt.PRETRAIN_LEARNING_RATE}; `experiments/pretraining.py`), once, shared by every loss of that "
+      f"seed; each run then fine-tunes them with its loss and a fresh head for {synthetic_lt.EPOCHS} epochs at lr "
+      f"{lr} (x0.1 at epochs {', '.join(map(str, synthetic_lt.LR_DECAY_EPOCHS))}; DRW from epoch "
+      f"{synthetic_lt.LR_DECAY_EPOCHS[0]}), as Pl@ntNet-300K's ResNet-50 fine-tunes ImageNet features; the "
+      f"fine-tuning lr was {'chosen on the validation split' if setting != 'lt100' else 'set once, not searched'} "
+      "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
+      "hyperparameters: `experiments/configs/synthetic_lt.py`.")
 
 
 GRIDS["synthetic_lt_fit"] = _synthetic_regime_grid("fit", (
@@ -272,9 +275,9 @@ GRIDS["synthetic_lt_fit"] = _synthetic_regime_grid("fit", (
     f"{synthetic_lt.FIT_LR_DECAY_EPOCHS[0]}), chosen so that cross-entropy fits at least 95 % of its training labels "
     "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
     "hyperparameters: `experiments/configs/synthetic_lt.py`."))
-GRIDS["synthetic_lt_pretrained"] = _synthetic_regime_grid("pretrained", _PRETRAINED_PROTOCOL)
-GRIDS["synthetic_plantnet1081_pretrained"] = _synthetic_regime_grid("pretrained", _PRETRAINED_PROTOCOL,
-                                                                    setting="plantnet1081")
+GRIDS["synthetic_lt_pretrained"] = _synthetic_regime_grid("pretrained", _pretrained_protocol())
+GRIDS["synthetic_plantnet1081_pretrained"] = _synthetic_regime_grid(
+    "pretrained", _pretrained_protocol("plantnet1081"), setting="plantnet1081")
 
 
 def get_grid(name: str) -> Grid:

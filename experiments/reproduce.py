@@ -1,7 +1,10 @@
 r"""Runs a grid of presets x seeds and writes the paper-style table, a CSV and plots.
 
-  python -m experiments.reproduce --grid=fashion_mnist_lt                 # 150 runs: 38 min on 2 CPU cores
-  python -m experiments.reproduce --grid=synthetic_lt                     # 75 runs, regret vs the Bayes optimum
+  python -m experiments.reproduce --grid=fashion_mnist_lt                 # 156 runs: 50 min on 2 CPU cores
+  python -m experiments.reproduce --grid=synthetic_lt                     # 78 runs, regret vs the Bayes optimum
+  python -m experiments.reproduce --grid=synthetic_lt_pretrained          # the same, fine-tuned (also _fit)
+  python -m experiments.reproduce --grid=synthetic_plantnet1081_pretrained   # 1,081 classes, Pl@ntNet's tail
+  python -m experiments.reproduce --grid=fashion_mnist_lt_converged       # 33 runs of 100 epochs
   python -m experiments.reproduce --grid=mm_table1 --dry_run              # prints the 264 training commands
   python -m experiments.reproduce --grid=plantnet_table --data_dir=... --pretrained_weights=...
 

@@ -356,7 +356,12 @@ def test_regime_presets_are_the_underfit_presets_with_the_regime_protocol(regime
     config = config_lib.validate(preset.config)
     assert preset.command == f"python -m experiments.train --config={preset.name}"
     changed = {f for f, v in config.to_dict().items() if v != config_lib.validate(underfit).to_dict()[f]}
-    assert changed == _REGIME_FIELDS[regime], (preset.name, changed)
+    expected = set(_REGIME_FIELDS[regime])
+    if (setting, regime) == ("plantnet1081", "pretrained"):
+      # Fine-tuned at the from-scratch lr, chosen on validation (synth_configs.SETTING_REGIME_CHANGES).
+      expected.discard("learning_rate")
+      assert config.learning_rate == synth_configs.PLANTNET1081_FINETUNE_LEARNING_RATE == underfit.learning_rate
+    assert changed == expected, (preset.name, changed)
   if regime == "fit":
     fit = configs.get_preset("synth_lt100_fit_ce_drw").config
     assert (fit.weight_decay, fit.epochs, fit.mlp_widths) == (0.0, synth_configs.FIT_EPOCHS, synth_configs.FIT_WIDTHS)
@@ -446,7 +451,10 @@ def test_plantnet1081_pretrained_grid_runs_every_method_on_the_pl_at_ntnet_sized
   assert {r.config.loss for r in runs} == set(config_lib.LOSSES)
   assert (grid.rows, grid.ks, grid.metric, grid.bayes) == (base.rows, base.ks, base.metric, True)
   assert list(grid.settings) == ["plantnet1081"] and "1,081-class" in grid.description
-  assert grid.notes[0] == base.notes[0] and grid.notes[1].startswith("- Data: 1,081 classes")
+  assert grid.notes[0].replace("lr 0.1 ", "lr 0.01 ").replace("chosen on the validation split", "set once, not "
+                                                               "searched") == base.notes[0]
+  assert grid.notes[1].startswith("- Data: 1,081 classes")
+  assert {r.config.learning_rate for r in runs} == {synth_configs.PLANTNET1081_FINETUNE_LEARNING_RATE}
   # The claims are checked on this grid's setting.
   cells = {(m, "plantnet1081", k): [50.0, 51.0] for m in grid.rows for k in grid.ks}
   cells[("noised_imbalanced", "plantnet1081", 1)] = [60.0, 61.0]
