@@ -70,8 +70,8 @@ class StandIn:
 
 
 STAND_INS = (
-    StandIn("fashion_mnist_lt", "exp100", "Fashion-MNIST-LT exp 100 (CNN)", "underfit (10 epochs)"),
-    StandIn("fashion_mnist_lt", "step10", "Fashion-MNIST-LT step 10 (CNN)", "underfit (10 epochs)"),
+    StandIn("fashion_mnist_lt", "exp100", "Fashion-MNIST-LT exp 100 (CNN)", "10 epochs (the grid)"),
+    StandIn("fashion_mnist_lt", "step10", "Fashion-MNIST-LT step 10 (CNN)", "10 epochs (the grid)"),
     StandIn("fashion_mnist_lt_converged", "exp100", "Fashion-MNIST-LT exp 100 (CNN)", "converged (100 epochs)"),
     StandIn("synthetic_lt", "lt100", "generated, 100 classes (MLP)", "underfit"),
     StandIn("synthetic_lt_fit", "lt100", "generated, 100 classes (MLP)", "fit"),

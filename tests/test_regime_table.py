@@ -76,9 +76,9 @@ def test_build_scores_each_present_grid_and_lists_the_missing_ones(tmp_path):
     _write(str(tmp_path / grid / "runs.csv"),
            [r for m, v in values.items() for r in _runs(m, setting, noisy(v), ks="1")])
   text = regimes.build(str(tmp_path))
-  assert "| Fashion-MNIST-LT exp 100 (CNN) | underfit (10 epochs) | 50.0 |" in text
+  assert "| Fashion-MNIST-LT exp 100 (CNN) | 10 epochs (the grid) | 50.0 |" in text
   assert text.count("(yes)") == 6 and text.count("(**no**)") == 6
   assert "12 of 12 |" in text and "0 of 12 |" in text
-  assert "best is **Fashion-MNIST-LT exp 100 (CNN), underfit (10 epochs)**" in text
+  assert "best is **Fashion-MNIST-LT exp 100 (CNN), 10 epochs (the grid)**" in text
   assert "`synthetic_lt_fit`" in text and "`fashion_mnist_lt_converged`" in text
   assert "Fashion-MNIST-LT step 10" not in text.split("Not run yet")[0]  # no runs of that setting: no row
