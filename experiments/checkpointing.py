@@ -17,6 +17,7 @@ folder named like a step would make the manager skip re-saving that epoch and co
 checkpoint restores, nothing is moved and `UnreadableCheckpointError` says which directory to delete.
 """
 import json
+import logging as std_logging
 import os
 import sys
 import traceback
@@ -72,6 +73,19 @@ def _drop_closed_loop_callbacks():
 
   hook.drops_closed_loop_callbacks = True
   sys.unraisablehook = hook
+  # The reads that failed on their own can also end as tasks nobody awaits: asyncio then logs "Task exception was
+  # never retrieved" with the reading error's traceback when the task is collected (seen under load). The restore
+  # has already reported that error in its one-line warning; other asyncio records pass.
+  std_logging.getLogger("asyncio").addFilter(_UnretrievedRestoreErrors())
+
+
+class _UnretrievedRestoreErrors(std_logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" records of TensorStore reading errors."""
+
+  def filter(self, record):
+    error = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage().startswith("Task exception was never retrieved")
+                and isinstance(error, ValueError) and "tensorstore" in str(error).lower())
 
 
 class Checkpointer:

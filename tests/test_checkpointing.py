@@ -317,3 +317,18 @@ def test_only_the_late_callbacks_of_a_closed_loop_are_silenced(monkeypatch):
   OtherError()
   assert [str(u.exc_value) for u in seen] == ["Event loop is closed"]
   assert [f.name for f in traceback.extract_tb(seen[0].exc_traceback)] == ["__del__"]
+
+
+def test_unretrieved_tensorstore_read_errors_are_dropped_from_asyncio_logs_and_nothing_else():
+  from experiments import checkpointing  # pylint: disable=import-outside-toplevel
+  keep = checkpointing._UnretrievedRestoreErrors()  # pylint: disable=protected-access
+
+  def record(message, error):
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, (),
+                             (type(error), error, None) if error else None)
+
+  read_error = ValueError("DATA_LOSS: Error reading ... [tensorstore_spec='{\"driver\":\"zarr\"}']")
+  assert not keep.filter(record("Task exception was never retrieved\nfuture: <Task finished>", read_error))
+  assert keep.filter(record("Task exception was never retrieved\nfuture: <Task finished>", ValueError("other")))
+  assert keep.filter(record("Task exception was never retrieved", None))
+  assert keep.filter(record("Unclosed client session", read_error))
