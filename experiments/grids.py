@@ -123,6 +123,17 @@ def _fashion_converged_runs(seeds):
           for seed in seeds for preset, setting, method, k in fashion_mnist_lt.runs(converged=True)]
 
 
+def _fashion_converged_claims(cells):
+  from experiments import aggregate  # pylint: disable=g-import-not-at-top
+  rows = fashion_mnist_lt.CONVERGED_METHODS
+  return aggregate.paper_claims(cells, aggregate.ClaimGroups(
+      labels={m: fashion_mnist_lt.METHODS[m][0] for m in rows},
+      balanced=tuple(m for m in fashion_mnist_lt.BALANCED if m in rows),
+      imbalanced=tuple(m for m in fashion_mnist_lt.IMBALANCED if m in rows),
+      logit_adjusted=tuple(m for m in fashion_mnist_lt.LOGIT_ADJUSTED if m in rows),
+      settings=fashion_mnist_lt.CONVERGED_SETTINGS, ks=fashion_mnist_lt.KS))
+
+
 def _fashion_claims(cells):
   from experiments import aggregate  # pylint: disable=g-import-not-at-top
   return aggregate.fashion_claims(cells)
@@ -217,7 +228,7 @@ GRIDS["fashion_mnist_lt_converged"] = dataclasses.replace(
     rows={m: _FASHION.rows[m] for m in fashion_mnist_lt.CONVERGED_METHODS},
     settings={s: f"{_FASHION.settings[s]}, {fashion_mnist_lt.CONVERGED_EPOCHS} epochs"
               for s in fashion_mnist_lt.CONVERGED_SETTINGS},
-    make_runs=_fashion_converged_runs,
+    make_runs=_fashion_converged_runs, claims=_fashion_converged_claims,
     notes=(f"- Protocol (convergence): every run trains {fashion_mnist_lt.CONVERGED_EPOCHS} epochs, 10x the "
            f"`fashion_mnist_lt` grid's, at lr {fashion_mnist_lt.LEARNING_RATE} (x0.1 at epochs "
            f"{', '.join(map(str, fashion_mnist_lt.CONVERGED_LR_DECAY_EPOCHS))}, the same fractions of training; DRW "
