@@ -19,6 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_noised_topk  # pylint: disable=wrong-import-position
 import common  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
@@ -121,25 +122,18 @@ def _loss_alone(preset, dataset):
   return run
 
 
-def _normals_alone(preset, dataset):
-  """`jax.random.normal` of the loss's `[B, N, L]` noise on one device, as a jitted step with a fresh key."""
-  shape = (NOISED["num_samples"], preset["batch_size"] // jax.local_device_count(), dataset.num_classes)
-  draw = jax.jit(lambda key: (jax.random.normal(jax.random.fold_in(key, 1), shape), jax.random.split(key)[0]))
-  state = {"key": jax.random.key(0)}
-
-  def run():
-    out, state["key"] = draw(state["key"])
-    jax.block_until_ready(out)
-
-  return run
-
-
 def run(preset_name, *, repeats, half_precision):
   preset = PRESETS[preset_name]
   dataset = _FakeDataset(preset["num_classes"], _input_shape(preset))
   fns = {"ce": _Trainer(preset, "ce", dataset, half_precision),
          "noised": _Trainer(preset, "noised_imbalanced", dataset, half_precision),
-         "loss_alone": _loss_alone(preset, dataset), "normals_alone": _normals_alone(preset, dataset)}
+         "loss_alone": _loss_alone(preset, dataset),
+         # bench_noised_topk.py's floor: `jax.random.normal` of the loss's [B, N, L] noise on one device, with keys
+         # split before the timed calls.
+         "normals_alone": bench_noised_topk._FreshKeys(  # pylint: disable=protected-access
+             bench_noised_topk._noise_step(  # pylint: disable=protected-access
+                 (NOISED["num_samples"], preset["batch_size"] // jax.local_device_count(), dataset.num_classes),
+                 "jax"), calls=repeats + 2)}
   load_before = common.load_average()
   times = common.interleaved_times(fns, repeats=repeats, warmup=2)
   load_after = common.load_average()
