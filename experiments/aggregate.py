@@ -419,12 +419,15 @@ def _best(cells, group, s, k):
   return max(present, key=lambda r: np.mean(cells[(r, s, k)]))
 
 
-def fashion_claims(cells) -> List[str]:
-  """The papers' claims checked on the fashion_mnist_lt grid (see `paper_claims`)."""
+def fashion_claims(cells, converged: bool = False) -> List[str]:
+  """The papers' claims checked on the fashion_mnist_lt grid, or on its converged rows (see `paper_claims`)."""
   from experiments.configs import fashion_mnist_lt as fm  # pylint: disable=g-import-not-at-top
+  rows = fm.CONVERGED_METHODS if converged else tuple(fm.METHODS)
+  settings = fm.CONVERGED_SETTINGS if converged else tuple(s for s, _, _ in fm.SETTINGS)
   return paper_claims(cells, ClaimGroups(
-      labels={m: label for m, (label, _, _) in fm.METHODS.items()}, balanced=fm.BALANCED, imbalanced=fm.IMBALANCED,
-      logit_adjusted=fm.LOGIT_ADJUSTED, settings=tuple(s for s, _, _ in fm.SETTINGS), ks=fm.KS))
+      labels={m: fm.METHODS[m][0] for m in rows}, balanced=tuple(m for m in fm.BALANCED if m in rows),
+      imbalanced=tuple(m for m in fm.IMBALANCED if m in rows),
+      logit_adjusted=tuple(m for m in fm.LOGIT_ADJUSTED if m in rows), settings=settings, ks=fm.KS))
 
 
 def paper_claims(cells, groups: ClaimGroups) -> List[str]:

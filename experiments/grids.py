@@ -112,31 +112,15 @@ def _mm_runs(seeds):
 
 
 # --- Long-tailed Fashion-MNIST ----------------------------------------------------------------------------------------
-def _fashion_runs(seeds):
+def _fashion_runs(seeds, converged=False):
   # Seeds outermost: a grid stopped early still has whole seeds.
   return [_run(preset, seed, method, setting, (k,) if k else fashion_mnist_lt.KS)
-          for seed in seeds for preset, setting, method, k in fashion_mnist_lt.runs()]
+          for seed in seeds for preset, setting, method, k in fashion_mnist_lt.runs(converged)]
 
 
-def _fashion_converged_runs(seeds):
-  return [_run(preset, seed, method, setting, (k,) if k else fashion_mnist_lt.KS)
-          for seed in seeds for preset, setting, method, k in fashion_mnist_lt.runs(converged=True)]
-
-
-def _fashion_converged_claims(cells):
+def _fashion_claims(cells, converged=False):
   from experiments import aggregate  # pylint: disable=g-import-not-at-top
-  rows = fashion_mnist_lt.CONVERGED_METHODS
-  return aggregate.paper_claims(cells, aggregate.ClaimGroups(
-      labels={m: fashion_mnist_lt.METHODS[m][0] for m in rows},
-      balanced=tuple(m for m in fashion_mnist_lt.BALANCED if m in rows),
-      imbalanced=tuple(m for m in fashion_mnist_lt.IMBALANCED if m in rows),
-      logit_adjusted=tuple(m for m in fashion_mnist_lt.LOGIT_ADJUSTED if m in rows),
-      settings=fashion_mnist_lt.CONVERGED_SETTINGS, ks=fashion_mnist_lt.KS))
-
-
-def _fashion_claims(cells):
-  from experiments import aggregate  # pylint: disable=g-import-not-at-top
-  return aggregate.fashion_claims(cells)
+  return aggregate.fashion_claims(cells, converged)
 
 
 # --- synthetic_lt -----------------------------------------------------------------------------------------------------
@@ -228,7 +212,8 @@ GRIDS["fashion_mnist_lt_converged"] = dataclasses.replace(
     rows={m: _FASHION.rows[m] for m in fashion_mnist_lt.CONVERGED_METHODS},
     settings={s: f"{_FASHION.settings[s]}, {fashion_mnist_lt.CONVERGED_EPOCHS} epochs"
               for s in fashion_mnist_lt.CONVERGED_SETTINGS},
-    make_runs=_fashion_converged_runs, claims=_fashion_converged_claims,
+    make_runs=functools.partial(_fashion_runs, converged=True),
+    claims=functools.partial(_fashion_claims, converged=True),
     notes=(f"- Protocol (convergence): every run trains {fashion_mnist_lt.CONVERGED_EPOCHS} epochs, 10x the "
            f"`fashion_mnist_lt` grid's, at lr {fashion_mnist_lt.LEARNING_RATE} (x0.1 at epochs "
            f"{', '.join(map(str, fashion_mnist_lt.CONVERGED_LR_DECAY_EPOCHS))}, the same fractions of training; DRW "
@@ -264,6 +249,8 @@ _PLANTNET1081_DATA = (
     "them, as in Pl@ntNet-300K), latent and observation dimension 8; 20 validation and 20 test examples per class. "
     "The same data for every run (generator seed 0); seeds change the initialization, the pretraining draw's order, "
     "the batch order and the loss's noise.")
+
+
 def _pretrained_protocol(setting="lt100"):
   lr = synthetic_lt.method_config(setting, "ce", regime="pretrained").learning_rate
   return (

@@ -143,13 +143,10 @@ def runs(converged: bool = False):
 def presets():
   out = {}
   for converged in (False, True):
+    base_of, trained, grid = ((converged_base_config, f", trained to convergence ({CONVERGED_EPOCHS} epochs)",
+                               "fashion_mnist_lt_converged") if converged else (base_config, "", "fashion_mnist_lt"))
     for name, setting, method, k in runs(converged):
       label = METHODS[method][0].replace("K", str(k)) if k else METHODS[method][0]
-      if converged:
-        out[name] = (f"Long-tailed Fashion-MNIST {setting}, trained to convergence ({CONVERGED_EPOCHS} epochs): "
-                     f"{label} (fashion_mnist_lt_converged grid).",
-                     method_config(setting, method, k, base=converged_base_config(setting)), "")
-      else:
-        out[name] = (f"Long-tailed Fashion-MNIST {setting}: {label} (fashion_mnist_lt grid).",
-                     method_config(setting, method, k), "")
+      out[name] = (f"Long-tailed Fashion-MNIST {setting}{trained}: {label} ({grid} grid).",
+                   method_config(setting, method, k, base=base_of(setting)), "")
   return out
