@@ -283,8 +283,8 @@ def _mth_and_next_largest(flat, m):
   An exact radix selection: the entries are mapped to unsigned integers of the same order (the IEEE bits, sign
   folded), and the m-th largest key is built bit by bit from the top, keeping a bit when at least m keys are >= the
   prefix with it set. 32 (64) counting passes over the array instead of `lax.top_k` of m + 1 entries, whose cost on
-  a CPU grows with m (about 15 s for a Pl@ntNet-sized validation split, [21620, 1081] at k = 3, against well under
-  a second here; benchmarks/bench_average_k.py).
+  a CPU grows with m (6.2 s against 0.4 s for a Pl@ntNet-sized validation split, [21620, 1081] at k = 3, on a 2-core
+  CPU; benchmarks/bench_average_k.py).
   """
   bits = 64 if flat.dtype == jnp.float64 else 32
   utype = jnp.uint64 if bits == 64 else jnp.uint32
