@@ -386,14 +386,20 @@ def plot_buckets(grid, runs, results, setting, path):
 
 
 # --- Claims of the papers, checked on the Fashion-MNIST grid ----------------------------------------------------------
-def _diff(cells, a, b, s, k):
-  """(mean_a - mean_b, its standard error) over seeds."""
-  va, vb = np.asarray(cells[(a, s, k)]), np.asarray(cells[(b, s, k)])
+def seed_difference(va, vb):
+  """(mean(va) - mean(vb), its standard error) of two independent samples over seeds (unpaired)."""
+  va, vb = np.asarray(va, dtype=np.float64), np.asarray(vb, dtype=np.float64)
   se = math.sqrt((va.var(ddof=1) / va.size if va.size > 1 else 0.0) + (vb.var(ddof=1) / vb.size if vb.size > 1 else 0.0))
   return float(va.mean() - vb.mean()), se
 
 
-def _verdict(delta, se):
+def _diff(cells, a, b, s, k):
+  """`seed_difference` of the cells (a, s, k) and (b, s, k)."""
+  return seed_difference(cells[(a, s, k)], cells[(b, s, k)])
+
+
+def verdict(delta, se):
+  """A claim's verdict from a difference and its standard error: beyond twice the error, or within noise."""
   if delta > 2 * se:
     return "holds"
   if delta >= 0:
@@ -458,11 +464,11 @@ def paper_claims(cells, groups: ClaimGroups) -> List[str]:
       for a, c in (("noised_imbalanced", "noised_balanced"), ("ldam", "ce"), ("ce_drw", "ce")):
         if have(s, k, a, c):
           pd, pse = _diff(cells, a, c, s, k)
-          pairs.append(f"{pd:+.2f} ± {pse:.2f} ({_verdict(pd, pse)})")
+          pairs.append(f"{pd:+.2f} ± {pse:.2f} ({verdict(pd, pse)})")
         else:
           pairs.append("—")
       lines.append(f"| {s} | {k} | {labels[b]} {np.mean(cells[(b, s, k)]):.2f} | {labels[i]} "
-                   f"{np.mean(cells[(i, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} | "
+                   f"{np.mean(cells[(i, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {verdict(d, se)} | "
                    + " | ".join(pairs) + " |")
   lines.append("")
   lines.append("**Claim 2: the imbalanced noised top-K loss is best on macro top-K.** Its rank among all "
@@ -481,7 +487,7 @@ def paper_claims(cells, groups: ClaimGroups) -> List[str]:
       d, se = _diff(cells, "noised_imbalanced", other, s, k)
       lines.append(f"| {s} | {k} | {np.mean(cells[('noised_imbalanced', s, k)]):.2f} | "
                    f"{present.index('noised_imbalanced') + 1} of {len(present)} | {labels[other]} "
-                   f"{np.mean(cells[(other, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} |")
+                   f"{np.mean(cells[(other, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {verdict(d, se)} |")
   lines.append("")
   lines.append("**Claim 3: MM-DRW >= LDAM-DRW** (macro top-K accuracy).")
   lines.append("")
@@ -492,7 +498,7 @@ def paper_claims(cells, groups: ClaimGroups) -> List[str]:
       if have(s, k, "mm_drw", "ldam_drw"):
         d, se = _diff(cells, "mm_drw", "ldam_drw", s, k)
         lines.append(f"| {s} | {k} | {np.mean(cells[('mm_drw', s, k)]):.2f} | "
-                     f"{np.mean(cells[('ldam_drw', s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} |")
+                     f"{np.mean(cells[('ldam_drw', s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {verdict(d, se)} |")
   lines.append("")
   lines.append("**Claim 4 (a later baseline): the imbalanced noised top-K loss beats logit adjustment** (Menon et al.; "
                f"best of {', '.join(labels[m] for m in groups.logit_adjusted)}), and what LA offsets add to the "
@@ -510,9 +516,9 @@ def paper_claims(cells, groups: ClaimGroups) -> List[str]:
       extra = "—"
       if have(s, k, "noised_imbalanced_la", "noised_imbalanced"):
         pd, pse = _diff(cells, "noised_imbalanced_la", "noised_imbalanced", s, k)
-        extra = f"{pd:+.2f} ± {pse:.2f} ({_verdict(pd, pse)})"
+        extra = f"{pd:+.2f} ± {pse:.2f} ({verdict(pd, pse)})"
       lines.append(f"| {s} | {k} | {np.mean(cells[('noised_imbalanced', s, k)]):.2f} | {labels[la]} "
-                   f"{np.mean(cells[(la, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {_verdict(d, se)} | {extra} |")
+                   f"{np.mean(cells[(la, s, k)]):.2f} | {d:+.2f} ± {se:.2f} | {verdict(d, se)} | {extra} |")
   lines.append("")
   lines.append("Verdicts: \"holds\"/\"fails\" when the difference of the means exceeds twice its standard error over "
                "seeds, \"within noise\" otherwise.")

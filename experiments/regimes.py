@@ -105,8 +105,7 @@ def read_cells(path: str, setting: str, metric: str = "macro_top") -> Tuple[Cell
 def _diff(cells: Cells, a: str, b: str, k: int) -> Optional[Tuple[float, float]]:
   if (a, k) not in cells or (b, k) not in cells:
     return None
-  # aggregate._diff indexes cells by (row, setting, K); here the setting is fixed.
-  return aggregate._diff({(a, "", k): cells[(a, k)], (b, "", k): cells[(b, k)]}, a, b, "", k)  # pylint: disable=protected-access
+  return aggregate.seed_difference(cells[(a, k)], cells[(b, k)])
 
 
 def ordering_cell(cells: Cells, ordering: Ordering, k: int = 1) -> Tuple[str, Optional[int]]:
@@ -137,12 +136,14 @@ def claims_row(cells: Cells, k: int, labels: Optional[Dict[str, str]] = None) ->
   labels = labels or {}
   name = lambda m: labels.get(m, m)  # pylint: disable=unnecessary-lambda-assignment
   out = []
-  methods = sorted({m for m, kk in cells if kk == k}, key=lambda m: -_mean(cells[(m, k)]))
+  # Ties (the LA loss and balanced softmax are the same loss at tau = 1) go to the row that comes first in `cells`:
+  # a stable sort of an ordered list, not of a set, whose order changes with PYTHONHASHSEED.
+  methods = sorted(dict.fromkeys(m for m, kk in cells if kk == k), key=lambda m: -_mean(cells[(m, k)]))
   if ("noised_imbalanced", k) in cells and len(methods) > 1:
     other = next(m for m in methods if m != "noised_imbalanced")
     delta, se = _diff(cells, "noised_imbalanced", other, k)
     out.append(f"{methods.index('noised_imbalanced') + 1} of {len(methods)}; {delta:+.2f} ± {se:.2f} vs {name(other)} "
-               f"({aggregate._verdict(delta, se)})")  # pylint: disable=protected-access
+               f"({aggregate.verdict(delta, se)})")
   else:
     out.append("—")
   la = [m for m in LOGIT_ADJUSTED if (m, k) in cells]
@@ -150,7 +151,7 @@ def claims_row(cells: Cells, k: int, labels: Optional[Dict[str, str]] = None) ->
   for method in ("noised_imbalanced", "vs"):
     d = _diff(cells, method, best_la, k) if best_la else None
     out.append("—" if d is None else
-               f"{d[0]:+.2f} ± {d[1]:.2f} vs {name(best_la)} ({aggregate._verdict(*d)})")  # pylint: disable=protected-access
+               f"{d[0]:+.2f} ± {d[1]:.2f} vs {name(best_la)} ({aggregate.verdict(*d)})")
   return out
 
 

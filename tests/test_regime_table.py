@@ -62,6 +62,14 @@ def test_claims_rank_the_noised_loss_and_compare_it_and_vs_with_the_best_la_row(
   assert regimes.claims_row({("ce", 1): [1.0]}, 1) == ["—", "—", "—"]
 
 
+def test_claim_2_breaks_a_tie_by_the_order_of_the_rows_whatever_the_hash_seed():
+  # The LA loss and balanced softmax are one loss at tau = 1: tied means must name the same row on every run.
+  tied = [40.0, 41.0]
+  for first, second in (("la", "balanced_softmax"), ("balanced_softmax", "la")):
+    cells = {("noised_imbalanced", 1): [30.0, 31.0], (first, 1): tied, (second, 1): list(tied)}
+    assert regimes.claims_row(cells, 1)[0].endswith(f"vs {first} (fails)")
+
+
 def test_build_scores_each_present_grid_and_lists_the_missing_ones(tmp_path):
   rng = np.random.default_rng(0)
 
