@@ -9,6 +9,10 @@ XLA's compilation, medians of `--compiles` fresh compiles, the shapes interleave
 function, medians of `--rounds` interleaved rounds. Logits uniform in [-1, 1] (cosine scores), tau 0.1 (the
 Pl@ntNet-300K setting), alpha 1.
 
+The step is also timed for the same loss with the hard branch's order statistics taken from full sorts
+(`sorted_step`), as the library computed them before it used its selection (2026-12-06), in the same interleaved
+rounds: the "sort / selection" column is measured in this process.
+
 `BEFORE` holds this script's figures for the code before the log-space recursion was vectorized (one Python-unrolled
 slice, stack and logsumexp per coefficient pair and level), measured with `--compiles 3 --rounds 50` on a copy of
 `BEFORE_COMMIT`; the section shows them next to the current code's.
@@ -27,8 +31,9 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 import noised_topk_jax as ntk  # pylint: disable=wrong-import-position
 
-# (N examples, L classes, k): the Pl@ntNet-300K head at batch 32 and a 10-class head, at k = 1 and 5.
-SHAPES = ((32, 1081, 1), (32, 1081, 5), (32, 10, 1), (32, 10, 5))
+# (N examples, L classes, k): the Pl@ntNet-300K head at batch 32 and 128 (the plantnet1081 grid's MLP) and a 10-class
+# head, at k = 1 and 5.
+SHAPES = ((32, 1081, 1), (32, 1081, 5), (128, 1081, 1), (128, 1081, 5), (32, 10, 1), (32, 10, 5))
 TAU, ALPHA = 0.1, 1.0
 
 BEFORE_COMMIT = "8ac44ff"
@@ -55,6 +60,21 @@ def _step(labels, k):
                                                                                   alpha=ALPHA))))
 
 
+def _sorted_sum_of_largest(x, k):
+  return jnp.sum(-jnp.sort(-x, axis=-1)[..., :k], axis=-1)
+
+
+def _sorted_kth_largest(x, k):
+  return -jnp.sort(-x, axis=-1)[..., k - 1]
+
+
+def sorted_step(labels, k):
+  """`_step` with the hard branch's sums and the switch's order statistics from full sorts (the code before)."""
+  loss = lambda s: ntk.losses._smooth_topk_svm(  # pylint: disable=protected-access
+      s, labels, k, TAU, ALPHA, _sorted_sum_of_largest, _sorted_kth_largest)
+  return jax.jit(jax.value_and_grad(lambda s: jnp.mean(loss(s))))
+
+
 def compile_times(shapes, compiles):
   """shape -> ([trace + lower seconds], [compile seconds]), one fresh compile per shape and round."""
   out = {shape: ([], []) for shape in shapes}
@@ -72,11 +92,13 @@ def compile_times(shapes, compiles):
 
 
 def step_times(shapes, rounds):
+  """(shape, "selection" or "sort") -> times of the library's step and of `sorted_step`, interleaved."""
   fns = {}
   for shape in shapes:
     logits, labels = _inputs(*shape[:2])
-    compiled = _step(labels, shape[2]).lower(logits).compile()
-    fns[shape] = lambda c=compiled, x=logits: jax.block_until_ready(c(x))
+    for name, make in (("selection", _step), ("sort", sorted_step)):
+      compiled = make(labels, shape[2]).lower(logits).compile()
+      fns[(shape, name)] = lambda c=compiled, x=logits: jax.block_until_ready(c(x))
   return common.interleaved_times(fns, repeats=rounds)
 
 
@@ -88,13 +110,16 @@ def _format(rows, args, load_before):
            f"- `jit(value_and_grad(mean(smooth_topk_svm_loss)))`, tau {TAU}, alpha {ALPHA}; compile: medians of "
            f"{args.compiles} fresh compiles after `jax.clear_caches()`; step: medians of {args.rounds} interleaved "
            f"rounds. Before: the Python-unrolled recursion, measured by this script on `{BEFORE_COMMIT}` (see its "
-           "docstring).", "",
-           "| N | L | k | trace + lower (s) | XLA compile (s) | compile total (s) | step (ms) | before: compile "
-           "total (s) | before: step (ms) | compile before / now | step before / now |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-  for (n, num_classes, k), lower_s, compile_s, step_ms in rows:
+           "docstring). Sort: the same step with the hard branch's order statistics from full sorts (the code "
+           "before 2026-12-06), timed in the same rounds.", "",
+           "| N | L | k | trace + lower (s) | XLA compile (s) | compile total (s) | step (ms) | sort: step (ms) | "
+           "sort / selection | before: compile total (s) | before: step (ms) | compile before / now | "
+           "step before / now |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  for (n, num_classes, k), lower_s, compile_s, step_ms, sort_ms in rows:
     before = BEFORE.get((n, num_classes, k))
-    cells = [f"{lower_s:.2f}", f"{compile_s:.2f}", f"{lower_s + compile_s:.2f}", f"{step_ms:.3f}"]
+    cells = [f"{lower_s:.2f}", f"{compile_s:.2f}", f"{lower_s + compile_s:.2f}", f"{step_ms:.3f}", f"{sort_ms:.3f}",
+             f"{sort_ms / step_ms:.2f}"]
     if before:
       total = before[0] + before[1]
       cells += [f"{total:.2f}", f"{before[2]:.3f}", f"{total / (lower_s + compile_s):.1f}",
@@ -117,9 +142,10 @@ def main():
   rows = []
   for shape in SHAPES:
     lower_s, compile_s = (float(np.median(t)) for t in compiled[shape])
-    rows.append((shape, lower_s, compile_s, common.median_ms(steps[shape])))
-    print(f"{shape}: trace + lower {lower_s:.3f} s, compile {compile_s:.3f} s, step {rows[-1][3]:.4f} ms",
-          flush=True)
+    rows.append((shape, lower_s, compile_s, common.median_ms(steps[(shape, "selection")]),
+                 common.median_ms(steps[(shape, "sort")])))
+    print(f"{shape}: trace + lower {lower_s:.3f} s, compile {compile_s:.3f} s, step {rows[-1][3]:.4f} ms "
+          f"(sort-based: {rows[-1][4]:.4f} ms)", flush=True)
   text = _format(rows, args, load_before)
   print(text)
   if not args.no_write:

@@ -412,6 +412,22 @@ def test_smooth_topk_svm_switch_boundary(shape, k, tau, alpha):
          atol=SVM_ATOL, cache_key=("svm", k, tau, alpha))
 
 
+def test_smooth_topk_svm_sum_of_largest_is_a_sorted_prefix_sum_with_a_subgradient_on_ties():
+  from noised_topk_jax import losses  # pylint: disable=import-outside-toplevel
+  rows = np.array([[1.0, 1.0, 1.0, 0.0], [3.0, 1.0, 1.0, 2.0], [-0.0, 0.0, -1.0, 0.0], [0.5, -2.0, 4.0, 0.25]])
+  for k in range(5):
+    value, grad = jax.vmap(jax.value_and_grad(
+        lambda r, k=k: losses._sum_of_largest(r, k)))(jnp.asarray(rows, jnp.float32))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(value, np.sort(rows, axis=-1)[:, ::-1][:, :k].sum(axis=-1))
+    # A gradient of k ones, on the entries above the k-th largest and then on the lowest-index ties.
+    assert set(np.unique(np.asarray(grad))) <= {0.0, 1.0}
+    np.testing.assert_array_equal(np.asarray(grad).sum(axis=-1), np.full(len(rows), k))
+    kth = np.sort(rows, axis=-1)[:, ::-1][:, max(k, 1) - 1:max(k, 1)]
+    assert np.all(rows[np.asarray(grad) == 1.0] >= np.broadcast_to(kth, rows.shape)[np.asarray(grad) == 1.0])
+  np.testing.assert_array_equal(jax.grad(lambda r: losses._sum_of_largest(r, 2))(jnp.asarray(rows[0], jnp.float32)),  # pylint: disable=protected-access
+                                [1.0, 1.0, 0.0, 0.0])
+
+
 def test_smooth_topk_svm_k1_closed_form():
   logits, labels = _inputs((8, 5), 41, scale=0.3)
   fn = _COMPILED.setdefault((("svm", 1, 1.0, 1.0), True), _value_and_vjp(
