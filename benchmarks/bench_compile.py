@@ -6,16 +6,15 @@
 Compile time: `jax.jit(jax.value_and_grad(mean(loss))).lower(logits).compile()` of a new function after
 `jax.clear_caches()`, so nothing traced or compiled before is reused; reported split into tracing + lowering and
 XLA's compilation, medians of `--compiles` fresh compiles, the shapes interleaved. Time per step: the compiled
-function, medians of `--rounds` interleaved rounds. Logits uniform in [-1, 1] (cosine scores), tau 0.1 (the
-Pl@ntNet-300K setting), alpha 1.
+function, medians of `--rounds` rounds, one shape after another. Logits uniform in [-1, 1] (cosine scores), tau 0.1
+(the Pl@ntNet-300K setting), alpha 1.
 
 The step is also timed for the same loss with the hard branch's order statistics taken from full sorts
-(`sorted_step`), as the library computed them before it used its selection (2026-12-06), in the same interleaved
-rounds: the "sort / selection" column is measured in this process.
+(`sorted_step`), as the library computed them before it used its selection (2026-12-06), interleaved with the
+library's step round by round: the "sort / selection" column is measured in this process.
 
-`BEFORE` holds this script's figures for the code before the log-space recursion was vectorized (one Python-unrolled
-slice, stack and logsumexp per coefficient pair and level), measured with `--compiles 3 --rounds 50` on a copy of
-`BEFORE_COMMIT`; the section shows them next to the current code's.
+Before 2026-12-06 the section also showed this script's figures for the code before the log-space recursion was
+vectorized (measured on `8ac44ff`, on another CPU); RESULTS.md keeps them in its text.
 """
 import argparse
 import os
@@ -35,17 +34,6 @@ import noised_topk_jax as ntk  # pylint: disable=wrong-import-position
 # head, at k = 1 and 5.
 SHAPES = ((32, 1081, 1), (32, 1081, 5), (128, 1081, 1), (128, 1081, 5), (32, 10, 1), (32, 10, 5))
 TAU, ALPHA = 0.1, 1.0
-
-BEFORE_COMMIT = "8ac44ff"
-# (N, L, k) -> (trace + lower s, XLA compile s, ms per step) of the library at BEFORE_COMMIT, measured by this script
-# (`--compiles 3 --rounds 50`) on 2026-12-01 23:34 on the 2-core Intel Xeon of the section in RESULTS.md, load average
-# 2.25 before and 3.76 after (other jobs running), just before the run of the section.
-BEFORE = {
-    (32, 1081, 1): (0.465, 2.955, 12.163),
-    (32, 1081, 5): (1.191, 13.044, 28.749),
-    (32, 10, 1): (0.219, 1.209, 0.4313),
-    (32, 10, 5): (0.424, 4.483, 0.7626),
-}
 
 
 def _inputs(n, num_classes, seed=0):
@@ -92,14 +80,20 @@ def compile_times(shapes, compiles):
 
 
 def step_times(shapes, rounds):
-  """(shape, "selection" or "sort") -> times of the library's step and of `sorted_step`, interleaved."""
-  fns = {}
+  """(shape, "selection" or "sort") -> times of the library's step and of `sorted_step`, interleaved per shape.
+
+  Shapes are timed one after another, not interleaved with each other: right after a 100 ms step, the first call
+  of a 0.05 ms one took 2.8 ms in such a run (interleaving all shapes, as this script did before 2026-12-06).
+  """
+  times = {}
   for shape in shapes:
     logits, labels = _inputs(*shape[:2])
+    fns = {}
     for name, make in (("selection", _step), ("sort", sorted_step)):
       compiled = make(labels, shape[2]).lower(logits).compile()
       fns[(shape, name)] = lambda c=compiled, x=logits: jax.block_until_ready(c(x))
-  return common.interleaved_times(fns, repeats=rounds)
+    times.update(common.interleaved_times(fns, repeats=rounds))
+  return times
 
 
 def _format(rows, args, load_before):
@@ -108,24 +102,15 @@ def _format(rows, args, load_before):
            f"{' / '.join(f'{x:.2f}' for x in common.load_average())}",
            f"- Command: `python benchmarks/bench_compile.py --compiles {args.compiles} --rounds {args.rounds}`",
            f"- `jit(value_and_grad(mean(smooth_topk_svm_loss)))`, tau {TAU}, alpha {ALPHA}; compile: medians of "
-           f"{args.compiles} fresh compiles after `jax.clear_caches()`; step: medians of {args.rounds} interleaved "
-           f"rounds. Before: the Python-unrolled recursion, measured by this script on `{BEFORE_COMMIT}` (see its "
-           "docstring). Sort: the same step with the hard branch's order statistics from full sorts (the code "
-           "before 2026-12-06), timed in the same rounds.", "",
+           f"{args.compiles} fresh compiles after `jax.clear_caches()`; step: medians of {args.rounds} rounds "
+           "interleaving the two steps of a shape, one shape after another. Sort: the same step with the hard "
+           "branch's order statistics from full sorts (the code before 2026-12-06), timed in the same rounds.", "",
            "| N | L | k | trace + lower (s) | XLA compile (s) | compile total (s) | step (ms) | sort: step (ms) | "
-           "sort / selection | before: compile total (s) | before: step (ms) | compile before / now | "
-           "step before / now |",
-           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "sort / selection |",
+           "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   for (n, num_classes, k), lower_s, compile_s, step_ms, sort_ms in rows:
-    before = BEFORE.get((n, num_classes, k))
     cells = [f"{lower_s:.2f}", f"{compile_s:.2f}", f"{lower_s + compile_s:.2f}", f"{step_ms:.3f}", f"{sort_ms:.3f}",
              f"{sort_ms / step_ms:.2f}"]
-    if before:
-      total = before[0] + before[1]
-      cells += [f"{total:.2f}", f"{before[2]:.3f}", f"{total / (lower_s + compile_s):.1f}",
-                f"{before[2] / step_ms:.2f}"]
-    else:
-      cells += ["", "", "", ""]
     lines.append(f"| {n} | {num_classes} | {k} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
