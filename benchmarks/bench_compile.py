@@ -48,18 +48,13 @@ def _step(labels, k):
                                                                                   alpha=ALPHA))))
 
 
-def _sorted_sum_of_largest(x, k):
-  return jnp.sum(-jnp.sort(-x, axis=-1)[..., :k], axis=-1)
-
-
 def _sorted_kth_largest(x, k):
   return -jnp.sort(-x, axis=-1)[..., k - 1]
 
 
 def sorted_step(labels, k):
-  """`_step` with the hard branch's sums and the switch's order statistics from full sorts (the code before)."""
-  loss = lambda s: ntk.losses._smooth_topk_svm(  # pylint: disable=protected-access
-      s, labels, k, TAU, ALPHA, _sorted_sum_of_largest, _sorted_kth_largest)
+  """`_step` with the hard branch's and the switch's order statistics from full sorts, as the code before."""
+  loss = lambda s: ntk.losses._smooth_topk_svm(s, labels, k, TAU, ALPHA, _sorted_kth_largest)  # pylint: disable=protected-access
   return jax.jit(jax.value_and_grad(lambda s: jnp.mean(loss(s))))
 
 

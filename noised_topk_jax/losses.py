@@ -446,12 +446,12 @@ def smooth_topk_svm_loss(logits: ArrayLike, labels: ArrayLike, *, k: int, tau: f
   _checks.check_scalar(tau, "tau")
   _checks.check_positive(tau, "tau")
   _checks.check_scalar(alpha, "alpha")
-  return _smooth_topk_svm(x, labels, k, tau, alpha, _sum_of_largest, _topk.kth_largest).astype(dtype)
+  return _smooth_topk_svm(x, labels, k, tau, alpha, _topk.kth_largest).astype(dtype)
 
 
-def _smooth_topk_svm(x, labels, k, tau, alpha, sum_of_largest, kth_largest):
-  """The loss of checked inputs, with the hard branch's order statistics from `sum_of_largest(x, k)` and
-  `kth_largest(x, k)` (the library's selection; benchmarks/bench_compile.py passes sort-based ones to compare)."""
+def _smooth_topk_svm(x, labels, k, tau, alpha, kth_largest):
+  """The loss of checked inputs, with the order statistics from `kth_largest(x, k)` (the library's selection;
+  benchmarks/bench_compile.py passes a sort-based one to compare)."""
   log_zero = jnp.asarray(jnp.finfo(x.dtype).min / 8, x.dtype)
   s_y = _label_value(x, labels)
   others = _remove_label(x, labels)  # [..., L-1]
@@ -466,28 +466,13 @@ def _smooth_topk_svm(x, labels, k, tau, alpha, sum_of_largest, kth_largest):
   smooth = tau * (jnp.logaddexp(log_without_y, log_with_y) - log_with_y)
 
   # Hard branch and the per-example switch of the released code, without sorting (XLA's sort of [128, 1081] is
-  # most of the loss's time on CPU): sums of the largest entries and two order statistics by selection.
-  hard = jax.nn.relu(alpha + sum_of_largest(others, k) / k - (s_y + sum_of_largest(others, k - 1)) / k)
+  # most of the loss's time on CPU). The released hard loss, alpha + mean(top_k(s_-y)) - (s_y + sum(top_{k-1}(s_-y)))
+  # / k, is alpha + (top_k(s_-y) - s_y) / k: the two sums differ by the k-th largest alone.
+  hard = jax.nn.relu(alpha + (kth_largest(others, k) - s_y) / k)
   x_const = lax.stop_gradient(x)
   use_hard = (kth_largest(x_const, k) - kth_largest(x_const, k + 1)) >= k * tau * jnp.log(1000.0)
   return jnp.where(use_hard, hard, smooth)
 
-
-def _sum_of_largest(x, k):
-  """Sum of the k largest entries along the last axis (0 for k = 0), by selection instead of a sort.
-
-  With t the k-th largest, the k largest are the entries above t and the first (lowest-index) entries equal to t
-  up to k in all: the value of a sorted prefix's sum, and a gradient of 1 on each of those k entries (a
-  subgradient also where entries tie).
-  """
-  if k == 0:
-    return jnp.zeros(x.shape[:-1], x.dtype)
-  t = lax.stop_gradient(_topk.kth_largest(x, k))[..., None]
-  above = x > t
-  tied = x == t
-  missing = k - jnp.sum(above, axis=-1, keepdims=True)
-  taken = above | (tied & (jnp.cumsum(tied, axis=-1) <= missing))
-  return jnp.sum(jnp.where(taken, x, 0.0), axis=-1)
 
 
 def max_margin_loss(logits: ArrayLike, labels: ArrayLike, *, delta_minus: float, beta: float, scale: ArrayLike,

@@ -412,20 +412,17 @@ def test_smooth_topk_svm_switch_boundary(shape, k, tau, alpha):
          atol=SVM_ATOL, cache_key=("svm", k, tau, alpha))
 
 
-def test_smooth_topk_svm_sum_of_largest_is_a_sorted_prefix_sum_with_a_subgradient_on_ties():
-  from noised_topk_jax import losses  # pylint: disable=import-outside-toplevel
-  rows = np.array([[1.0, 1.0, 1.0, 0.0], [3.0, 1.0, 1.0, 2.0], [-0.0, 0.0, -1.0, 0.0], [0.5, -2.0, 4.0, 0.25]])
-  for k in range(5):
-    value, grad = jax.vmap(jax.value_and_grad(
-        lambda r, k=k: losses._sum_of_largest(r, k)))(jnp.asarray(rows, jnp.float32))  # pylint: disable=protected-access
-    np.testing.assert_array_equal(value, np.sort(rows, axis=-1)[:, ::-1][:, :k].sum(axis=-1))
-    # A gradient of k ones, on the entries above the k-th largest and then on the lowest-index ties.
-    assert set(np.unique(np.asarray(grad))) <= {0.0, 1.0}
-    np.testing.assert_array_equal(np.asarray(grad).sum(axis=-1), np.full(len(rows), k))
-    kth = np.sort(rows, axis=-1)[:, ::-1][:, max(k, 1) - 1:max(k, 1)]
-    assert np.all(rows[np.asarray(grad) == 1.0] >= np.broadcast_to(kth, rows.shape)[np.asarray(grad) == 1.0])
-  np.testing.assert_array_equal(jax.grad(lambda r: losses._sum_of_largest(r, 2))(jnp.asarray(rows[0], jnp.float32)),  # pylint: disable=protected-access
-                                [1.0, 1.0, 0.0, 0.0])
+def test_smooth_topk_svm_hard_branch_on_ties_has_the_value_and_a_subgradient():
+  # x = [5, 5, 0, 0, 0], y = 4, k = 2, tau 0.1: the gap 5 between the 2nd and 3rd scores exceeds k tau log(1000), so
+  # the hard loss applies: 1 + mean(5, 5) - (0 + 5) / 2 = 3.5. The two top scores tie; a subgradient puts 1/2 on one
+  # of them (the two sums of the released formula cancel on the other) and -1/2 on y.
+  logits = jnp.asarray([[5.0, 5.0, 0.0, 0.0, 0.0]], jnp.float32)
+  labels = jnp.asarray([4])
+  value, grad = jax.value_and_grad(lambda s: ntk.smooth_topk_svm_loss(s, labels, k=2, tau=0.1).sum())(logits)
+  np.testing.assert_allclose(value, 3.5, rtol=1e-6)
+  grad = np.asarray(grad)[0]
+  np.testing.assert_allclose(np.sort(grad[:2]), [0.0, 0.5], atol=1e-7)
+  np.testing.assert_allclose(grad[2:], [0.0, 0.0, -0.5], atol=1e-7)
 
 
 def test_smooth_topk_svm_k1_closed_form():
