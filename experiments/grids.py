@@ -266,16 +266,22 @@ def _pretrained_protocol(setting="lt100"):
       "hyperparameters: `experiments/configs/synthetic_lt.py`.")
 
 
-GRIDS["synthetic_lt_fit"] = _synthetic_regime_grid("fit", (
-    f"- Protocol (fit regime): every run trains an MLP of {' x '.join(map(str, synthetic_lt.FIT_WIDTHS))} hidden "
-    f"units for {synthetic_lt.FIT_EPOCHS} epochs at lr {synthetic_lt.LEARNING_RATE} without weight decay (x0.1 at "
-    f"epochs {', '.join(map(str, synthetic_lt.FIT_LR_DECAY_EPOCHS))}; DRW from epoch "
-    f"{synthetic_lt.FIT_LR_DECAY_EPOCHS[0]}), chosen so that cross-entropy fits at least 95 % of its training labels "
-    "([regimes_protocols.md](../regimes_protocols.md)); the last epoch's model is tested once. Loss "
-    "hyperparameters: `experiments/configs/synthetic_lt.py`."))
+def _fit_protocol(setting="lt100"):
+  config = synthetic_lt.method_config(setting, "ce", regime="fit")
+  return (
+      f"- Protocol (fit regime): every run trains an MLP of {' x '.join(map(str, config.mlp_widths))} hidden units "
+      f"for {config.epochs} epochs at lr {config.learning_rate} without weight decay (x0.1 at epochs "
+      f"{', '.join(map(str, config.lr_decay_epochs))}; DRW from epoch {config.drw_start_epoch}), chosen so that "
+      "cross-entropy fits at least 95 % of its training labels ([regimes_protocols.md](../regimes_protocols.md)); the "
+      "last epoch's model is tested once. Loss hyperparameters: `experiments/configs/synthetic_lt.py`.")
+
+
+GRIDS["synthetic_lt_fit"] = _synthetic_regime_grid("fit", _fit_protocol())
 GRIDS["synthetic_lt_pretrained"] = _synthetic_regime_grid("pretrained", _pretrained_protocol())
 GRIDS["synthetic_plantnet1081_pretrained"] = _synthetic_regime_grid(
     "pretrained", _pretrained_protocol("plantnet1081"), setting="plantnet1081")
+GRIDS["synthetic_plantnet1081_fit"] = _synthetic_regime_grid("fit", _fit_protocol("plantnet1081"),
+                                                             setting="plantnet1081")
 
 
 def get_grid(name: str) -> Grid:

@@ -78,6 +78,7 @@ STAND_INS = (
     StandIn("synthetic_lt_pretrained", "lt100", "generated, 100 classes (MLP)", "pretrained"),
     StandIn("synthetic_plantnet1081_pretrained", "plantnet1081", "generated, 1,081 classes, Pl@ntNet tail (MLP)",
             "pretrained"),
+    StandIn("synthetic_plantnet1081_fit", "plantnet1081", "generated, 1,081 classes, Pl@ntNet tail (MLP)", "fit"),
 )
 
 Cells = Dict[Tuple[str, int], List[float]]  # (method, K) -> per-seed values (%)

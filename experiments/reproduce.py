@@ -3,12 +3,13 @@ r"""Runs a grid of presets x seeds and writes the paper-style table, a CSV and p
   python -m experiments.reproduce --grid=fashion_mnist_lt                 # 156 runs: 50 min on 2 CPU cores
   python -m experiments.reproduce --grid=synthetic_lt                     # 78 runs, regret vs the Bayes optimum
   python -m experiments.reproduce --grid=synthetic_lt_pretrained          # the same, fine-tuned (also _fit)
-  python -m experiments.reproduce --grid=synthetic_plantnet1081_pretrained   # 1,081 classes, Pl@ntNet's tail
+  python -m experiments.reproduce --grid=synthetic_plantnet1081_pretrained   # 1,081 classes, Pl@ntNet's tail (also _fit)
   python -m experiments.reproduce --grid=fashion_mnist_lt_converged       # 33 runs of 100 epochs
   python -m experiments.reproduce --grid=mm_table1 --dry_run              # prints the 264 training commands
   python -m experiments.reproduce --grid=plantnet_table --data_dir=... --pretrained_weights=...
 
-Runs go one after another in this process, or on a CPU-only machine in one process per core (`--num_workers`), each in
+Runs go one after another in this process, or on a CPU-only machine in one process per core (`--num_workers`; each
+worker claims the next run no other one holds, so they share a resumed grid evenly), each in
 `<workdir_root>/<run name>`. A run whose results.json exists is skipped and an interrupted run resumes from its last
 checkpoint, so rerunning the command finishes the grid. The printed commands are equivalent: run them anywhere (a
 cluster, several GPUs), put their workdirs under one root and call this with `--aggregate_only`.
@@ -18,6 +19,7 @@ figures beside, then macro average-K when the runs report it; the command, machi
 the check of the papers' claims), table.csv, runs.csv (one line per run) and plots/ (per-class accuracy against class
 frequency, one line per method; bars of the table's metric by method).
 """
+import contextlib
 import datetime
 import gc
 import json
@@ -48,7 +50,8 @@ flags.DEFINE_integer("num_workers", None, "Processes running the grid's runs in 
                      "Default: one per core on a CPU-only machine (at most 8), else 1.")
 # The training binary's flags of the same names (experiments/flags_lib.py), passed to every run.
 flags_lib.define_config_flags(DATA_FLAGS := ("data_dir", "pretrained_weights"))
-flags.DEFINE_integer("worker_index", None, "Internal: this process runs runs[worker_index::num_workers].")
+flags.DEFINE_integer("worker_index", None, "Internal: this process is worker `worker_index` of --num_workers, "
+                     "sharing the grid's pending runs with the others (each claims the next free one).")
 
 
 def _seeds(grid):
@@ -84,33 +87,64 @@ def _is_done(workdir_root, run):
   return os.path.exists(os.path.join(workdir_root, run.name, "results.json"))
 
 
-def run_all(runs, workdir_root, data_changes=None):
-  """Trains `runs` one after another in this process; returns the names of the runs that failed."""
+CLAIMS_DIR = ".claims"
+
+
+@contextlib.contextmanager
+def _claim(workdir_root, run):
+  """Yields True when this process holds `run` (an exclusive lock no other worker holds), else False.
+
+  The lock is an `fcntl.flock` on `<workdir_root>/.claims/<run>.lock`, held while the run trains: the kernel
+  releases it when the process ends, however it ends, so a killed worker leaves no stale claim.
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top  (POSIX: workers share runs only where it exists)
+  os.makedirs(os.path.join(workdir_root, CLAIMS_DIR), exist_ok=True)
+  with open(os.path.join(workdir_root, CLAIMS_DIR, f"{run.name}.lock"), "a") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    try:
+      yield True
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_all(runs, workdir_root, data_changes=None, shared=False):
+  """Trains `runs` one after another in this process; returns the names of the runs that failed.
+
+  With `shared`, several processes run the same list: each claims the next run no other one holds
+  (`_claim`), so the workers share the pending runs however unevenly they were done before (a resumed grid).
+  """
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import train_lib  # pylint: disable=g-import-not-at-top
   failed = []
   pending = [r for r in runs if not _is_done(workdir_root, r)]
   for i, run in enumerate(pending):
-    t0 = time.time()
-    print(f"[{i + 1}/{len(pending)}] {run.name} ...", flush=True)
-    try:
-      results = train_lib.train_and_evaluate(run.config.replace(**(data_changes or {})),
-                                             os.path.join(workdir_root, run.name))
-    except Exception as e:  # pylint: disable=broad-except
-      # One bad run must not lose the others: report it, go on, fail at the end.
-      logging.exception("Run %s failed.", run.name)
-      print(f"[{i + 1}/{len(pending)}] {run.name} FAILED: {type(e).__name__}: {e}", flush=True)
-      failed.append(run.name)
-      continue
-    finally:
-      # Free the run's compiled executables: each keeps memory mappings for the life of the process, and a long grid
-      # of large models would otherwise reach the kernel's limit (vm.max_map_count) and abort.
-      jax.clear_caches()
-      gc.collect()
-    test = results["test"]
-    print(f"[{i + 1}/{len(pending)}] {run.name}: " + ", ".join(
-        f"top-{k} {100 * test[f'top{k}_accuracy']:.2f} (macro {100 * test[f'macro_top{k}_accuracy']:.2f})"
-        for k in run.config.eval_ks) + f"; {time.time() - t0:.0f} s", flush=True)
+    with (_claim(workdir_root, run) if shared else contextlib.nullcontext(True)) as mine:
+      if not mine or (shared and _is_done(workdir_root, run)):  # another worker has it, or finished it
+        continue
+      position, t0 = f"[{i + 1}/{len(pending)}]", time.time()
+      print(f"{position} {run.name} ...", flush=True)
+      try:
+        results = train_lib.train_and_evaluate(run.config.replace(**(data_changes or {})),
+                                               os.path.join(workdir_root, run.name))
+      except Exception as e:  # pylint: disable=broad-except
+        # One bad run must not lose the others: report it, go on, fail at the end.
+        logging.exception("Run %s failed.", run.name)
+        print(f"{position} {run.name} FAILED: {type(e).__name__}: {e}", flush=True)
+        failed.append(run.name)
+        continue
+      finally:
+        # Free the run's compiled executables: each keeps memory mappings for the life of the process, and a long
+        # grid of large models would otherwise reach the kernel's limit (vm.max_map_count) and abort.
+        jax.clear_caches()
+        gc.collect()
+      test = results["test"]
+      print(f"{position} {run.name}: " + ", ".join(
+          f"top-{k} {100 * test[f'top{k}_accuracy']:.2f} (macro {100 * test[f'macro_top{k}_accuracy']:.2f})"
+          for k in run.config.eval_ks) + f"; {time.time() - t0:.0f} s", flush=True)
   return failed
 
 
@@ -263,7 +297,12 @@ def main(argv):
 
   if FLAGS.worker_index is not None:  # A worker of --num_workers: train its share, no table.
     logging.set_verbosity(logging.WARNING)
-    if run_all(runs[FLAGS.worker_index::FLAGS.num_workers or 1], workdir_root, _data_changes()):
+    try:
+      import fcntl  # pylint: disable=g-import-not-at-top,unused-import
+      share = dict(runs=runs, shared=True)
+    except ImportError:  # no file locks here: a fixed share of the runs
+      share = dict(runs=runs[FLAGS.worker_index::FLAGS.num_workers or 1])
+    if run_all(workdir_root=workdir_root, data_changes=_data_changes(), **share):
       sys.exit(1)
     return
 

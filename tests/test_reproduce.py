@@ -311,6 +311,28 @@ def test_run_all_skips_finished_runs_and_survives_a_failure(fashion_dir, tmp_pat
   assert os.path.getmtime(os.path.join(root, runs[0].name, "results.json")) == first
 
 
+def test_shared_workers_skip_a_run_another_one_holds_and_take_it_once_released(fashion_dir, tmp_path, capsys):
+  fcntl = pytest.importorskip("fcntl")
+  grid = grids.get_grid("fashion_mnist_lt")
+  runs = [r for r in grid.runs((0,)) if r.row in ("ce", "focal") and r.setting == "exp100"][:2]
+  runs = [dataclasses.replace(r, config=_tiny_fashion(r.config, fashion_dir)) for r in runs]
+  root = str(tmp_path / "root")
+  os.makedirs(os.path.join(root, reproduce.CLAIMS_DIR))
+  with open(os.path.join(root, reproduce.CLAIMS_DIR, f"{runs[0].name}.lock"), "a") as held:
+    fcntl.flock(held, fcntl.LOCK_EX)  # another worker is training runs[0]
+    assert reproduce.run_all(runs, root, shared=True) == []
+    fcntl.flock(held, fcntl.LOCK_UN)
+  out = capsys.readouterr().out
+  assert runs[0].name not in out and f"[2/2] {runs[1].name} ..." in out
+  assert not os.path.exists(os.path.join(root, runs[0].name))
+  assert os.path.exists(os.path.join(root, runs[1].name, "results.json"))
+  # Released (that worker died): the next pass takes it; the finished run is not trained again.
+  assert reproduce.run_all(runs, root, shared=True) == []
+  out = capsys.readouterr().out
+  assert f"[1/1] {runs[0].name} ..." in out and runs[1].name not in out
+  assert os.path.exists(os.path.join(root, runs[0].name, "results.json"))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--grid=nope"], "--grid"),
     (["--grid=mm_table1", "--seeds=1,x"], "--seeds must be comma-separated integers"),

@@ -398,8 +398,8 @@ def test_a_workdir_of_another_config_is_refused(fashion_dir, tmp_path):
 
 def test_every_preset_validates_and_names_its_command():
   # default, Pl@ntNet, MM Table 1, Fashion-MNIST-LT grid, logit-adjustment CIFAR presets, synthetic_lt (2 settings),
-  # VS CIFAR presets, synthetic_lt's fit (lt100) and pretrained (2 settings) regimes, Fashion-MNIST-LT converged.
-  assert len(configs.PRESETS) == (1 + 6 + 8 * 11 + 2 * (11 + 5 * 3) + 2 * 3 + 2 * (11 + 5 * 3) + 2 + 3 * (11 + 5 * 3)
+  # VS CIFAR presets, synthetic_lt's fit and pretrained regimes (2 settings each), Fashion-MNIST-LT converged.
+  assert len(configs.PRESETS) == (1 + 6 + 8 * 11 + 2 * (11 + 5 * 3) + 2 * 3 + 2 * (11 + 5 * 3) + 2 + 4 * (11 + 5 * 3)
                                   + (8 + 3))
   for name, preset in configs.PRESETS.items():
     config_lib.validate(preset.config)
