@@ -518,10 +518,10 @@ def test_mm_ldam_loss_reads_max_margin():
 
 def test_mm_ldam_presets_keep_the_margins_they_trained_with():
   # Every MM-LDAM preset (MM Table 1: 8 columns; Fashion-MNIST-LT and synthetic_lt: 2 settings each; the
-  # synthetic_lt fit and pretrained regimes: 3) sets max_margin 0.5, the authors' constant and the value the trainer
-  # used before it read the field: same loss.
+  # synthetic_lt fit and pretrained regimes: 2 settings each) sets max_margin 0.5, the authors' constant and the value
+  # the trainer used before it read the field: same loss.
   names = sorted(n for n, p in configs.PRESETS.items() if p.config.loss == "mm_ldam")
-  assert len(names) == 8 + 2 + 2 + 3, names
+  assert len(names) == 8 + 2 + 2 + 4, names
   counts = np.array([5000, 1200, 400, 90, 50])
   logits, labels = _mm_batch(5, 32, 3)
   for name in names:
