@@ -171,9 +171,8 @@ def build(results_dir: str) -> str:
             "Seed figures: " + "; ".join(f"{o.label} " + ", ".join(f"{v:+.2f} ({t})" for t, v in o.seed)
                                          for o in ORDERINGS) + ". "
             "\"yes\": the grid's difference has the seed's sign and exceeds twice its standard error; \"within "
-            "noise\": it does not exceed it. Score: 2 per ordering reproduced beyond noise, 1 with the seed's sign within noise, 0 with the "
-            "other sign; "
-            "then the same score on each seed table's own orderings (" + "; ".join(
+            "noise\": it does not exceed it. Score: 2 per ordering reproduced beyond noise, 1 with the seed's sign "
+            "within noise, 0 with the other sign; then the same score on each seed table's own orderings (" + "; ".join(
                 f"{t}: " + ", ".join(o.label for o in ORDERINGS if t in dict(o.seed)) for t in SEED_TABLES) + "), "
             "whose regimes differ: Pl@ntNet-300K's ResNet-50 is pretrained and fine-tuned, MM Table 1's ResNet-32 "
             "trains 200 epochs from scratch on CIFAR-LT (a model that fits its training data).",

@@ -89,6 +89,7 @@ def test_build_scores_each_present_grid_and_lists_the_missing_ones(tmp_path):
   # Overall, then per seed table (Pl@ntNet: 4 orderings; MM Table 1: 3, LDAM - CE counted in both).
   assert "| 12 of 12 | 8 of 8 | 6 of 6 |" in text and "| 0 of 12 | 0 of 8 | 0 of 6 |" in text
   assert "best is **Fashion-MNIST-LT exp 100 (CNN), 10 epochs (the grid)**" in text
-  assert "On MM T1's own orderings alone the best is Fashion-MNIST-LT exp 100 (CNN), 10 epochs (the grid) (6 of 6)." in text
+  assert ("On MM T1's own orderings alone the best is Fashion-MNIST-LT exp 100 (CNN), 10 epochs (the grid) (6 of 6)."
+          in text)
   assert "`synthetic_lt_fit`" in text and "`fashion_mnist_lt_converged`" in text
   assert "Fashion-MNIST-LT step 10" not in text.split("Not run yet")[0]  # no runs of that setting: no row
