@@ -25,7 +25,7 @@ import noised_topk_jax as ntk
 from tests import test_examples
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNTIME_REQUIREMENTS = {"jax>=0.4.30", "numpy"}
+RUNTIME_REQUIREMENTS = {"jax>=0.10.2", "numpy>=1.26"}
 EXPERIMENTS_EXTRA = {"flax", "optax", "chex", "absl-py", "orbax-checkpoint", "tensorflow-cpu", "tensorflow-datasets",
                      "tensorboard", "matplotlib", "pillow"}
 _SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", "workdir", "workdirs"}
@@ -91,7 +91,9 @@ def check_wheel_contents(wheel):
   assert modules == library
   assert metadata["Name"] == "noised_topk_jax"
   assert metadata["Version"] == ntk.__version__
-  assert metadata["Requires-Python"] == ">=3.10"
+  assert metadata["Requires-Python"] == ">=3.11"
+  assert metadata["License-Expression"] == "Apache-2.0"
+  assert dist_info + "licenses/LICENSE" in names, names
   runtime, extras = _requirements(metadata)
   assert runtime == RUNTIME_REQUIREMENTS
   assert extras["experiments"] == EXPERIMENTS_EXTRA
