@@ -1,6 +1,8 @@
 r"""The regime table (docs/results/regimes.md): which stand-in, in which training regime, reproduces the seed tables.
 
-    python -m experiments.regimes        # reads docs/results/<grid>/runs.csv, writes docs/results/regimes.md
+    python -m experiments.regimes          # reads docs/results/<grid>/runs.csv; writes docs/results/regimes.md,
+                                           # summary.png, index.md and README.md's results block
+    python -m experiments.regimes --check  # the same, compared with the committed files; exit 1 if one is stale
 
 For every committed grid of a stand-in (long-tailed Fashion-MNIST, the generated problems) and regime (underfit,
 converged or fit, pretrained), it checks, on the grid's own per-seed numbers (runs.csv):
@@ -16,10 +18,16 @@ converged or fit, pretrained), it checks, on the grid's own per-seed numbers (ru
 
 A stand-in whose grids reproduce the seeds' baseline orderings is the one whose verdict on the paper's method counts
 most; one that reverses them is weak evidence either way.
+
+The same numbers feed the results index (`experiments/results_index.py`): docs/results/index.md, one row per
+stand-in, with the summary figure docs/results/summary.png (imbalanced noised top-K - best logit-adjusted method, per
+stand-in and K), and a compact copy of its table between README.md's `<!-- results-index:start -->` and
+`<!-- results-index:end -->` markers.
 """
 import csv
 import dataclasses
 import os
+import sys
 from typing import Dict, List, Optional, Tuple
 
 from absl import app
@@ -28,6 +36,7 @@ import numpy as np
 
 from experiments import aggregate
 from experiments import grids
+from experiments import results_index
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results")
@@ -35,6 +44,11 @@ RESULTS = os.path.join(ROOT, "docs", "results")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("results_dir", RESULTS, "Where the grids' folders (with runs.csv) are.")
 flags.DEFINE_string("output", None, "The Markdown file to write. Default: <results_dir>/regimes.md.")
+flags.DEFINE_string("readme", os.path.join(ROOT, "README.md"),
+                    "The README whose results block (between its results-index markers) is rewritten; left unchanged "
+                    "when it has no markers.")
+flags.DEFINE_bool("check", False, "Write nothing: compare regimes.md, index.md, summary.png and the README block with "
+                  "what the committed runs.csv give, list the stale ones and exit 1 if any.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,24 +77,33 @@ LOGIT_ADJUSTED = ("la", "ce_posthoc_la", "balanced_softmax")
 
 @dataclasses.dataclass(frozen=True)
 class StandIn:
-  """One (grid, setting): a stand-in problem in one regime."""
+  """One (grid, setting): a stand-in problem in one regime; `figure` names it under its bars in summary.png."""
   grid: str
   setting: str
   problem: str
   regime: str
+  figure: str
+  real_images: bool = False
 
 
 STAND_INS = (
-    StandIn("fashion_mnist_lt", "exp100", "Fashion-MNIST-LT exp 100 (CNN)", "10 epochs (the grid)"),
-    StandIn("fashion_mnist_lt", "step10", "Fashion-MNIST-LT step 10 (CNN)", "10 epochs (the grid)"),
-    StandIn("fashion_mnist_lt_converged", "exp100", "Fashion-MNIST-LT exp 100 (CNN)", "converged (100 epochs)"),
-    StandIn("synthetic_lt", "lt100", "generated, 100 classes (MLP)", "underfit"),
-    StandIn("synthetic_lt_fit", "lt100", "generated, 100 classes (MLP)", "fit"),
-    StandIn("synthetic_lt_pretrained", "lt100", "generated, 100 classes (MLP)", "pretrained"),
+    StandIn("fashion_mnist_lt", "exp100", "Fashion-MNIST-LT exp 100 (CNN)", "10 epochs (the grid)",
+            "Fashion-MNIST\nexp 100\n10 epochs", real_images=True),
+    StandIn("fashion_mnist_lt", "step10", "Fashion-MNIST-LT step 10 (CNN)", "10 epochs (the grid)",
+            "Fashion-MNIST\nstep 10\n10 epochs", real_images=True),
+    StandIn("fashion_mnist_lt_converged", "exp100", "Fashion-MNIST-LT exp 100 (CNN)", "converged (100 epochs)",
+            "Fashion-MNIST\nexp 100\nconverged", real_images=True),
+    StandIn("synthetic_lt", "lt100", "generated, 100 classes (MLP)", "underfit", "100 classes\nunderfit"),
+    StandIn("synthetic_lt_fit", "lt100", "generated, 100 classes (MLP)", "fit", "100 classes\nfit"),
+    StandIn("synthetic_lt_pretrained", "lt100", "generated, 100 classes (MLP)", "pretrained",
+            "100 classes\npretrained"),
     StandIn("synthetic_plantnet1081_pretrained", "plantnet1081", "generated, 1,081 classes, Pl@ntNet tail (MLP)",
-            "pretrained"),
-    StandIn("synthetic_plantnet1081_fit", "plantnet1081", "generated, 1,081 classes, Pl@ntNet tail (MLP)", "fit"),
+            "pretrained", "1,081 classes\npretrained"),
+    StandIn("synthetic_plantnet1081_fit", "plantnet1081", "generated, 1,081 classes, Pl@ntNet tail (MLP)", "fit",
+            "1,081 classes\nfit"),
 )
+# The imbalanced noised top-K loss as the paper runs it (without LA offsets: that is the row noised_imbalanced_la).
+NOISED = "noised_imbalanced"
 
 Cells = Dict[Tuple[str, int], List[float]]  # (method, K) -> per-seed values (%)
 
@@ -132,28 +155,86 @@ def _labels(grid_name: str) -> Dict[str, str]:
   return dict(grid.rows) if grid else {}
 
 
+def ranked(cells: Cells, k: int) -> List[str]:
+  """The methods with a cell at K, best mean first."""
+  # Ties (the LA loss and balanced softmax are the same loss at tau = 1) go to the row that comes first in `cells`:
+  # a stable sort of an ordered list, not of a set, whose order changes with PYTHONHASHSEED.
+  return sorted(dict.fromkeys(m for m, kk in cells if kk == k), key=lambda m: -_mean(cells[(m, k)]))
+
+
+def best_logit_adjusted(cells: Cells, k: int) -> Optional[str]:
+  """The logit-adjusted row (`LOGIT_ADJUSTED`) of highest mean at K, the first of them on a tie; None without one."""
+  la = [m for m in LOGIT_ADJUSTED if (m, k) in cells]
+  return max(la, key=lambda m: _mean(cells[(m, k)])) if la else None
+
+
+def noised_minus_best_la(cells: Cells, k: int) -> Optional[Tuple[float, float, str]]:
+  """Claim 4 at K: (imbalanced noised - best LA row, its standard error over seeds, that row), in points; None when
+  the grid lacks either."""
+  best_la = best_logit_adjusted(cells, k)
+  d = _diff(cells, NOISED, best_la, k) if best_la else None
+  return None if d is None else (d[0], d[1], best_la)
+
+
 def claims_row(cells: Cells, k: int, labels: Optional[Dict[str, str]] = None) -> List[str]:
   """Cells of claim 2 (rank of the imbalanced noised loss, its difference to the best other method), claim 4
   (imbalanced noised - best LA row) and VS - best LA row, at K."""
   labels = labels or {}
   name = lambda m: labels.get(m, m)  # pylint: disable=unnecessary-lambda-assignment
   out = []
-  # Ties (the LA loss and balanced softmax are the same loss at tau = 1) go to the row that comes first in `cells`:
-  # a stable sort of an ordered list, not of a set, whose order changes with PYTHONHASHSEED.
-  methods = sorted(dict.fromkeys(m for m, kk in cells if kk == k), key=lambda m: -_mean(cells[(m, k)]))
-  if ("noised_imbalanced", k) in cells and len(methods) > 1:
-    other = next(m for m in methods if m != "noised_imbalanced")
-    delta, se = _diff(cells, "noised_imbalanced", other, k)
-    out.append(f"{methods.index('noised_imbalanced') + 1} of {len(methods)}; {delta:+.2f} ± {se:.2f} vs {name(other)} "
+  methods = ranked(cells, k)
+  if (NOISED, k) in cells and len(methods) > 1:
+    other = next(m for m in methods if m != NOISED)
+    delta, se = _diff(cells, NOISED, other, k)
+    out.append(f"{methods.index(NOISED) + 1} of {len(methods)}; {delta:+.2f} ± {se:.2f} vs {name(other)} "
                f"({aggregate.verdict(delta, se)})")
   else:
     out.append("—")
-  la = [m for m in LOGIT_ADJUSTED if (m, k) in cells]
-  best_la = max(la, key=lambda m: _mean(cells[(m, k)])) if la else None
-  for method in ("noised_imbalanced", "vs"):
+  best_la = best_logit_adjusted(cells, k)
+  for method in (NOISED, "vs"):
     d = _diff(cells, method, best_la, k) if best_la else None
     out.append("—" if d is None else
                f"{d[0]:+.2f} ± {d[1]:.2f} vs {name(best_la)} ({aggregate.verdict(*d)})")
+  return out
+
+
+def read_stand_ins(results_dir: str) -> Dict[StandIn, Tuple[Cells, Cells]]:
+  """`read_cells` of every stand-in whose grid's runs.csv has runs of its setting, in `STAND_INS` order."""
+  data = {s: read_cells(os.path.join(results_dir, s.grid, "runs.csv"), s.setting) for s in STAND_INS
+          if os.path.exists(os.path.join(results_dir, s.grid, "runs.csv"))}
+  return {s: data[s] for s in STAND_INS if data.get(s, ({},))[0]}
+
+
+def _ce_fit(fit: Cells) -> Optional[float]:
+  """Cross-entropy's train-fit top-1 (%), mean over seeds (None when its runs predate the train fit)."""
+  return _mean(fit[("ce", 1)]) if ("ce", 1) in fit else None
+
+
+def _count_runs(path: str, setting: str) -> Tuple[int, int]:
+  """(runs, distinct seeds) of one setting of a runs.csv."""
+  with open(path, newline="") as f:
+    rows = [row for row in csv.DictReader(f) if row["setting"] == setting]
+  return len(rows), len({row["seed"] for row in rows})
+
+
+def summaries(results_dir: str) -> List[results_index.Summary]:
+  """The results index's row of every measured stand-in: claim 4 (`noised_minus_best_la`) and the best method at
+  each K of its grid, CE's train fit, the runs."""
+  out = []
+  for s, (cells, fit) in read_stand_ins(results_dir).items():
+    labels = _labels(s.grid)
+    name = lambda m: labels.get(m, m)  # pylint: disable=unnecessary-lambda-assignment,cell-var-from-loop
+    gaps = []
+    for k in sorted({kk for _, kk in cells}):
+      d = noised_minus_best_la(cells, k)
+      if d is not None:
+        gaps.append(results_index.Gap(k=k, delta=d[0], se=d[1], best_la=name(d[2]), best=name(ranked(cells, k)[0])))
+    grid = grids.GRIDS.get(s.grid)
+    runs, seeds = _count_runs(os.path.join(results_dir, s.grid, "runs.csv"), s.setting)
+    out.append(results_index.Summary(
+        grid=s.grid, setting=s.setting if grid is not None and len(grid.settings) > 1 else None, problem=s.problem,
+        regime=s.regime, figure=s.figure, real_images=s.real_images, train_fit=_ce_fit(fit), runs=runs, seeds=seeds,
+        gaps=tuple(gaps)))
   return out
 
 
@@ -162,9 +243,8 @@ def build(results_dir: str) -> str:
            "Written by `python -m experiments.regimes` from the committed grids' `runs.csv` (docs/results/<grid>/); "
            "every figure is a mean over the grid's seeds, ± its standard error (not the std of the grid tables), "
            "in points of macro top-K accuracy on a balanced test set.", ""]
-  data = {s: read_cells(os.path.join(results_dir, s.grid, "runs.csv"), s.setting) for s in STAND_INS
-          if os.path.exists(os.path.join(results_dir, s.grid, "runs.csv"))}
-  present = [s for s in STAND_INS if data.get(s, ({},))[0]]  # runs.csv has runs of this setting
+  data = read_stand_ins(results_dir)
+  present = list(data)
   missing = [s for s in STAND_INS if s not in present]
 
   lines += ["## The seeds' baseline orderings (macro top-1)", "",
@@ -195,7 +275,7 @@ def build(results_dir: str) -> str:
           per_table[t][1] += 2
     scores[s] = (total, possible)
     table_scores[s] = {t: tuple(v) for t, v in per_table.items()}
-    fit_text = f"{_mean(fit[('ce', 1)]):.1f}" if ("ce", 1) in fit else "—"
+    fit_text = "—" if _ce_fit(fit) is None else f"{_ce_fit(fit):.1f}"
     lines.append(f"| {s.problem} | {s.regime} | {fit_text} | " + " | ".join(row) + f" | {total} of {possible} | "
                  + " | ".join(f"{a} of {b}" for a, b in per_table.values()) + " |")
   lines += [""]
@@ -215,10 +295,10 @@ def build(results_dir: str) -> str:
 
   if present:
     best = max(present, key=lambda s: scores[s][0] / max(scores[s][1], 1))
-    ranked = sorted(present, key=lambda s: -scores[s][0] / max(scores[s][1], 1))
+    by_score = sorted(present, key=lambda s: -scores[s][0] / max(scores[s][1], 1))
     lines += ["## Which stand-in counts most", "",
               "Baseline-ordering scores, best first: " + "; ".join(
-                  f"{s.problem}, {s.regime}: {scores[s][0]} of {scores[s][1]}" for s in ranked) + ".",
+                  f"{s.problem}, {s.regime}: {scores[s][0]} of {scores[s][1]}" for s in by_score) + ".",
               f"The stand-in that reproduces the seeds' baseline orderings best is **{best.problem}, {best.regime}**: "
               "its verdicts on claims 2 and 4 (above) are the ones that count most."]
     for t in SEED_TABLES:
@@ -235,13 +315,63 @@ def build(results_dir: str) -> str:
   return "\n".join(lines)
 
 
+def render(results_dir: str, readme: Optional[str] = None, figure: bool = True) -> Dict[str, bytes]:
+  """path -> the bytes the committed runs.csv give: regimes.md, index.md, summary.png (with `figure`) and, when
+  `readme` names a file with the results-index markers, that file with its block rewritten."""
+  rows = summaries(results_dir)
+  out = {os.path.join(results_dir, "regimes.md"): build(results_dir).encode(),
+         os.path.join(results_dir, "index.md"): results_index.index_page(rows).encode()}
+  if figure:
+    out[os.path.join(results_dir, results_index.FIGURE)] = results_index.summary_png(rows)
+  if readme and os.path.exists(readme):
+    with open(readme, encoding="utf-8") as f:
+      text = results_index.replace_block(f.read(), results_index.readme_block(rows))
+    if text is not None:
+      out[readme] = text.encode()
+  return out
+
+
+def stale(outputs: Dict[str, bytes]) -> List[str]:
+  """The paths of `outputs` whose file is missing or holds other bytes."""
+  out = []
+  for path, content in outputs.items():
+    if not os.path.exists(path):
+      out.append(path)
+      continue
+    with open(path, "rb") as f:
+      if f.read() != content:
+        out.append(path)
+  return out
+
+
 def main(argv):
   del argv
-  output = FLAGS.output or os.path.join(FLAGS.results_dir, "regimes.md")
-  text = build(FLAGS.results_dir)
-  with open(output, "w") as f:
-    f.write(text)
-  print(text)
+  outputs = render(FLAGS.results_dir, FLAGS.readme, figure=aggregate.can_plot())
+  regimes_md = os.path.join(FLAGS.results_dir, "regimes.md")
+  if FLAGS.output:
+    outputs[FLAGS.output] = outputs.pop(regimes_md)
+  notes = []
+  if not aggregate.can_plot():
+    notes.append(f"matplotlib is not installed: {results_index.FIGURE} left as it is.")
+  if FLAGS.readme and FLAGS.readme not in outputs:
+    notes.append(f"{FLAGS.readme} is missing or has no {results_index.README_START} ... {results_index.README_END} "
+                 "markers: left as it is.")
+  if FLAGS.check:
+    old = stale(outputs)
+    for line in notes + [f"stale: {p}" for p in old]:
+      print(line)
+    if old:
+      print("Regenerate with `python -m experiments.regimes`.")
+      sys.exit(1)
+    print(f"Up to date: {', '.join(sorted(outputs))}.")
+    return
+  changed = stale(outputs)
+  for path in changed:  # unchanged files are not rewritten (README.md may be open in an editor)
+    with open(path, "wb") as f:
+      f.write(outputs[path])
+  print(outputs[FLAGS.output or regimes_md].decode())
+  for line in notes + [f"{'wrote' if p in changed else 'unchanged'}: {p}" for p in sorted(outputs)]:
+    print(line)
 
 
 if __name__ == "__main__":
