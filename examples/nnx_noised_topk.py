@@ -56,13 +56,11 @@ class CosineLinear(nnx.Module):
   """Cosine classifier: `<x / |x|, w_c / |w_c|>` in [-1, 1], the scores the imbalanced loss expects."""
 
   def __init__(self, in_features, num_classes, *, rngs: nnx.Rngs):
-    self.kernel = nnx.Param(jax.random.normal(rngs.params(), (in_features, num_classes)) / np.sqrt(in_features))
+    # Unit-norm columns (LDAM's NormedLinear init): the columns' norm sets the head's effective learning rate.
+    self.kernel = nnx.Param(ntk.cosine_head_init(rngs.params(), (in_features, num_classes)))
 
   def __call__(self, x):
-    x = x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
-    w = self.kernel[...]
-    w = w / (jnp.linalg.norm(w, axis=0, keepdims=True) + 1e-12)
-    return x @ w
+    return ntk.cosine_logits(x, self.kernel[...])
 
 
 class MLP(nnx.Module):

@@ -66,9 +66,8 @@ class CosineDense(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    w = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
-    x = x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + 1e-12)
-    return x @ (w / (jnp.linalg.norm(w, axis=0, keepdims=True) + 1e-12))
+    kernel = self.param("kernel", ntk.cosine_head_init, (x.shape[-1], self.features))
+    return ntk.cosine_logits(x, kernel)
 
 
 class Model(nn.Module):

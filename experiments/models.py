@@ -42,6 +42,8 @@ import numpy as np
 from flax import traverse_util
 from flax.core import FrozenDict
 
+import noised_topk_jax as ntk
+
 from experiments import config as config_lib
 from experiments import weights_format
 
@@ -91,39 +93,19 @@ class LinearHead(nn.Module):
     return jnp.dot(x, kernel, precision=jax.lax.Precision.HIGHEST) + bias
 
 
-def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
-  # x / max(||x||, 1e-12) like torch.nn.functional.normalize, written with rsqrt of a clamped square norm so that the
-  # gradient stays finite for an all-zero vector.
-  sq = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.maximum(sq, 1e-24))
-
-
-def unit_column_uniform_init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
-  """U(-1, 1) draws whose columns (the last axis indexes them) are rescaled to unit L2 norm.
-
-  The init of LDAM-DRW's `NormedLinear` (`weight.uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5)`), also used by the
-  noised top-K authors. The scale matters although the head only reads the columns' directions: a column of norm r
-  moves its direction by about lr / r**2 per SGD step (weight decay shrinks r only slowly), so unscaled U(-1, 1)
-  columns, r ~ sqrt(fan_in / 3) (~23 for 1,568 features), would learn ~500 times more slowly.
-  """
-  kernel = jax.random.uniform(key, shape, jnp.float32, -1.0, 1.0)
-  return (kernel * jax.lax.rsqrt(jnp.sum(jnp.square(kernel), axis=0, keepdims=True))).astype(dtype)
-
-
 class CosineHead(nn.Module):
-  """Normalised (cosine) head: `normalize(x) @ normalize(W)`, no bias, values in [-1, 1].
+  """Normalised (cosine) head: `ntk.cosine_logits(x, W)`, i.e. `normalize(x) @ normalize(W)`, no bias, in [-1, 1].
 
-  W (`[in, num_classes]`) starts with unit-norm columns (`unit_column_uniform_init`, as LDAM's NormedLinear); its
-  norm is not a free choice under SGD, see that function. The output is clipped to [-1, 1] against rounding.
+  W (`[in, num_classes]`, parameter "kernel") starts with unit-norm columns (`ntk.cosine_head_init`, as LDAM's
+  NormedLinear); its norm is not a free choice under SGD, see that function.
   """
   num_classes: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     x = x.astype(jnp.float32)
-    kernel = self.param("kernel", unit_column_uniform_init, (x.shape[-1], self.num_classes), jnp.float32)
-    cosine = jnp.dot(_l2_normalize(x, axis=-1), _l2_normalize(kernel, axis=0), precision=jax.lax.Precision.HIGHEST)
-    return jnp.clip(cosine, -1.0, 1.0)
+    kernel = self.param("kernel", ntk.cosine_head_init, (x.shape[-1], self.num_classes), jnp.float32)
+    return ntk.cosine_logits(x, kernel)
 
 
 def _head(num_classes: int, normalized: bool, kernel_init: Initializer = torch_linear_init) -> nn.Module:

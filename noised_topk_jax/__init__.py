@@ -2,6 +2,8 @@
 
 `import noised_topk_jax as ntk`. Losses return the unreduced per-example loss; the caller reduces.
 """
+from noised_topk_jax.heads import cosine_head_init
+from noised_topk_jax.heads import cosine_logits
 from noised_topk_jax.imbalance import PROFILES
 from noised_topk_jax.imbalance import class_balanced_weights
 from noised_topk_jax.imbalance import class_margins
@@ -34,7 +36,7 @@ from noised_topk_jax.topk import SELECTIONS
 from noised_topk_jax.topk import kth_largest
 from noised_topk_jax.topk import noised_kth_largest
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = (
     "PROFILES",
@@ -46,6 +48,8 @@ __all__ = (
     "balanced_softmax_loss",
     "class_balanced_weights",
     "class_margins",
+    "cosine_head_init",
+    "cosine_logits",
     "cross_entropy_loss",
     "drw_class_weights",
     "focal_loss",

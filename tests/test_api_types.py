@@ -36,3 +36,14 @@ def test_losses_take_array_like_and_return_jax_arrays(name):
                                   "long_tailed_counts"])
 def test_class_statistics_return_numpy(name):
   assert inspect.signature(getattr(ntk, name)).return_annotation is np.ndarray
+
+
+def test_cosine_head_functions_take_array_like_and_return_jax_arrays():
+  signature = inspect.signature(ntk.cosine_logits)
+  assert signature.parameters["features"].annotation is jax.typing.ArrayLike
+  assert signature.parameters["kernel"].annotation is jax.typing.ArrayLike
+  assert signature.return_annotation is jax.Array
+  # The jax.nn.initializers signature: (key, shape, dtype) -> jax.Array.
+  init = inspect.signature(ntk.cosine_head_init)
+  assert list(init.parameters) == ["key", "shape", "dtype"]
+  assert init.return_annotation is jax.Array

@@ -227,7 +227,7 @@ def test_cosine_head_matches_normalized_dot_product_and_has_no_bias():
 
 @pytest.mark.parametrize("shape", [(1568, 10), (64, 1081), (3, 2)])
 def test_cosine_head_initial_columns_have_unit_norm(shape):
-  kernel = np.asarray(models.unit_column_uniform_init(_key(0), shape), np.float64)
+  kernel = np.asarray(ntk.cosine_head_init(_key(0), shape), np.float64)
   assert kernel.shape == shape
   np.testing.assert_allclose(np.linalg.norm(kernel, axis=0), 1.0, rtol=1e-5)
   # The columns are rescaled draws, not one direction repeated.
