@@ -8,10 +8,21 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from experiments import image_folder
 from experiments import synthetic_lt
 from experiments import weights_format
 
-DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k", "synthetic_lt")
+DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k", "image_folder", "synthetic_lt")
+# Read through TFDS, which downloads them on first use unless `tfds_download` is off (CIFAR always; Fashion-MNIST when
+# no IDX files are found). The folder datasets and synthetic_lt are never downloaded.
+TFDS_DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt")
+# Folder-per-class trees of images (experiments/image_folder.py): the training split is used as it is (no long-tailed
+# subset), and the images are cropped to `image_size`, by default DEFAULT_IMAGE_SIZE: Pl@ntNet's 224 (the ResNet-50
+# of the paper); image_folder's 32, small RGB images, which the default model (the small CNN of the default job,
+# sized for a CPU) takes as it takes Fashion-MNIST's 28x28; model=resnet32, CIFAR-LT's network, is made for 32x32
+# too and is the stronger choice on a GPU.
+FOLDER_DATASETS = ("plantnet300k", "image_folder")
+DEFAULT_IMAGE_SIZE = {"plantnet300k": 224, "image_folder": 32}
 LOSSES = ("ce", "focal", "ldam", "mm", "mm_ldam", "smooth_svm", "topk_hinge", "noised_balanced", "noised_imbalanced",
           "logit_adjusted", "balanced_softmax", "vs")
 # Losses that already add the log-prior offsets to the logits (so `logit_adjustment_tau` would add them twice).
@@ -57,9 +68,9 @@ class Config:
   imbalance_ratio: float = 100.0
   subset_seed: int = 0
   validation_per_class: Optional[int] = None  # None: the dataset's default.
-  image_size: Optional[int] = None  # Pl@ntNet crop size (224); smaller in tests.
+  image_size: Optional[int] = None  # Folder datasets' crop size; None: DEFAULT_IMAGE_SIZE of the dataset.
   augment: bool = True
-  tfds_download: bool = False
+  tfds_download: bool = True  # TFDS_DATASETS: download what is not found locally (False: fail instead).
   # The generator of `dataset=synthetic_lt` (experiments/synthetic_lt.py; its seed is `subset_seed`).
   synthetic_num_classes: int = _SPEC.num_classes
   synthetic_num_genera: int = _SPEC.num_genera
@@ -158,6 +169,7 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
           synthetic_lt.PROFILES if config.dataset == "synthetic_lt" else imbalance.PROFILES)
   _check_synthetic(config, explicitly_set)
   _check_pretraining(config, explicitly_set)
+  _check_data(config, explicitly_set)
   if not config.mlp_widths or any(int(w) < 1 for w in config.mlp_widths):
     raise ValueError(f"`mlp_widths` must be a non-empty list of ints >= 1, got {config.mlp_widths}.")
   if "mlp_widths" in explicitly_set and config.model != "mlp":
@@ -223,10 +235,13 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
 
 
 def has_validation_split(config: Config) -> bool:
-  """Whether the dataset of `config` has a validation split: Pl@ntNet-300K's official one, the balanced split of
-  Fashion-MNIST-LT and synthetic_lt unless `validation_per_class=0`; CIFAR-LT has none."""
+  """Whether the dataset of `config` has a validation split: Pl@ntNet-300K's official one, image_folder's when its
+  data_dir has a val/ folder, the balanced split of Fashion-MNIST-LT and synthetic_lt unless
+  `validation_per_class=0`; CIFAR-LT has none."""
   if config.dataset in ("cifar10_lt", "cifar100_lt"):
     return False
+  if config.dataset == "image_folder":
+    return config.data_dir is not None and image_folder.has_split(config.data_dir, "val")
   return config.dataset == "plantnet300k" or config.validation_per_class != 0
 
 
@@ -236,10 +251,19 @@ def _resolve_model_selection(config: Config) -> Config:
   becomes the loss's K when it is one of `eval_ks`, else the largest of `eval_ks`. The trainer reads both fields."""
   selection = config.model_selection
   if selection == "auto":
-    selection = "val_macro_topk" if has_validation_split(config) else "best_test_epoch"
+    if has_validation_split(config):
+      selection = "val_macro_topk"
+    else:
+      # The CIFAR-LT protocol picks the best test epoch; your own images have no protocol to follow, so without a
+      # validation split their run reports its last epoch rather than an epoch chosen on the test split.
+      selection = "last_epoch" if config.dataset == "image_folder" else "best_test_epoch"
   elif selection == "val_macro_topk" and not has_validation_split(config):
-    hint = (" (its protocol reports the best test epoch: use best_test_epoch or last_epoch)"
-            if config.dataset in ("cifar10_lt", "cifar100_lt") else " with validation_per_class=0")
+    if config.dataset in ("cifar10_lt", "cifar100_lt"):
+      hint = " (its protocol reports the best test epoch: use best_test_epoch or last_epoch)"
+    elif config.dataset == "image_folder":
+      hint = f" (no val/ folder in data_dir={config.data_dir}: add val/<class>/ folders of images, or use last_epoch)"
+    else:
+      hint = " with validation_per_class=0"
     raise ValueError(f"`model_selection=val_macro_topk` needs a validation split; {config.dataset} has none{hint}.")
   k = config.selection_k
   if k is None:
@@ -272,6 +296,22 @@ def _check_synthetic(config, explicitly_set):
                      f"score), got k={config.k}.")
   if max(config.eval_ks) > spec.num_classes:
     raise ValueError(f"`eval_ks` must not exceed `synthetic_num_classes`={spec.num_classes}, got {config.eval_ks}.")
+
+
+def _check_data(config, explicitly_set):
+  """Data settings that the dataset would ignore, and the folder datasets' image size against the model."""
+  if "tfds_download" in explicitly_set and config.dataset not in TFDS_DATASETS:
+    raise ValueError(f"`tfds_download` is only used by {', '.join(TFDS_DATASETS)}: dataset={config.dataset} is "
+                     "never downloaded.")
+  if config.dataset not in FOLDER_DATASETS:
+    return
+  stray = [n for n in ("imbalance_profile", "imbalance_ratio", "subset_seed") if n in explicitly_set]
+  if stray:
+    raise ValueError(f"`{stray[0]}` is not used by dataset={config.dataset}: its training split is used as it is "
+                     "(the class counts are those of its train/ folders).")
+  size = DEFAULT_IMAGE_SIZE[config.dataset] if config.image_size is None else config.image_size
+  if config.model == "cnn" and size % 4:
+    raise ValueError(f"`image_size` must be a multiple of 4 for model=cnn (it halves the image twice), got {size}.")
 
 
 PRETRAIN_FIELDS = ("pretrain_epochs", "pretrain_learning_rate", "pretrain_cache_dir")

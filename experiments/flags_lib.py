@@ -15,8 +15,22 @@ from experiments import config as config_lib
 FLAGS = flags.FLAGS
 
 HELP = {
-    "dataset": f"One of {config_lib.DATASETS}.",
-    "data_dir": "Dataset location: the Fashion-MNIST IDX folder, the TFDS data_dir (CIFAR) or the Pl@ntNet-300K root.",
+    "dataset": (f"One of {config_lib.DATASETS}. image_folder: your own images, data_dir/train/<class>/*.jpg (or "
+                ".jpeg, .png, any case), data_dir/test/<class>/... and optionally data_dir/val/<class>/...; the "
+                "classes are the sorted folder names of train/, and their names label results.json and the "
+                "per-class plot. Without val/ the last epoch is reported and average-K is not computed."),
+    "data_dir": ("Dataset location: the Fashion-MNIST IDX folder or TFDS data_dir, the TFDS data_dir (CIFAR), the "
+                 "Pl@ntNet-300K root or the image_folder root. Default: Fashion-MNIST from the folder of Debian's "
+                 "dataset-fashion-mnist package, else from TFDS's default data dir (~/tensorflow_datasets or "
+                 "$TFDS_DATA_DIR); CIFAR from TFDS's default data dir."),
+    "tfds_download": ("fashion_mnist_lt, cifar10_lt, cifar100_lt: when the data is not found locally (Fashion-MNIST: "
+                      "no IDX files either), download it through TFDS into its data dir on first use (needs "
+                      "network; on by default). false: fail instead, with the other ways to get it. The folder "
+                      "datasets and synthetic_lt are never downloaded."),
+    "image_size": ("The folder datasets (image_folder, plantnet300k): side of the square crop the model sees "
+                   f"(defaults: {', '.join(f'{k} {v}' for k, v in config_lib.DEFAULT_IMAGE_SIZE.items())}). "
+                   "Images are resized so that their shorter side is round(image_size * 256 / 224), then cropped: "
+                   "at random in training, in the centre in evaluation. A multiple of 4 for model=cnn."),
     "imbalance_profile": "Long-tailed profile of the training subset: exp or step (synthetic_lt also: power, plantnet).",
     "imbalance_ratio": "rho = n_max / n_min of the long-tailed training subset.",
     "loss": f"One of {config_lib.LOSSES}.",
@@ -38,7 +52,8 @@ HELP = {
     "mm_beta": "MM loss beta (delta^+ = beta delta^-).",
     "mm_reference_code_compat": "Reproduce the released MM code's two quirks.",
     "train_rule": f"One of {config_lib.TRAIN_RULES}.",
-    "model": f"One of {config_lib.MODELS}.",
+    "model": (f"One of {config_lib.MODELS}. Default cnn: a small CNN sized for a CPU, for Fashion-MNIST's 28x28 "
+              "and image_folder's 32x32 images alike; resnet32 is CIFAR-LT's network, resnet50 Pl@ntNet's."),
     "normalized_head": "Cosine (normalized) classifier head instead of a linear one.",
     "eval_ks": "The K of the reported top-K metrics, comma-separated.",
     "lr_decay_epochs": "Epochs (0-indexed) at which the learning rate is multiplied by lr_decay_factor.",

@@ -1,5 +1,5 @@
-"""Input pipelines of the training binaries: long-tailed Fashion-MNIST / CIFAR, Pl@ntNet-300K, and the generated
-many-class problem `synthetic_lt` (experiments/synthetic_lt.py).
+"""Input pipelines of the training binaries: long-tailed Fashion-MNIST / CIFAR, Pl@ntNet-300K, your own folder of
+images (`image_folder`) and the generated many-class problem `synthetic_lt` (experiments/synthetic_lt.py).
 
 `get_dataset(name, ...)` returns a `Dataset` whose `train_batches` / `eval_batches` yield NumPy dicts ready for
 `jax.device_put`. Everything random is a pure function of its seeds, so a resumed run sees exactly the batches the
@@ -11,11 +11,15 @@ interrupted one would have seen:
   else, not even `process_count`: process `p` of `P` always receives columns `[p * b, (p + 1) * b)` of the same global
   batch, with `b = batch_size // P`.
 
-Fashion-MNIST and CIFAR live in memory as uint8 and are augmented with vectorized NumPy; Pl@ntNet-300K is streamed
-from its JPEG folders with tf.data. TensorFlow and TFDS are imported only when a loader needs them.
+Where the data comes from (experiments/data_files.py): Fashion-MNIST from its IDX files (`data_dir`, else the folder
+of Debian's dataset-fashion-mnist package), else through TFDS; CIFAR through TFDS, which downloads what it does not
+find on first use (`download`, the default) and says in one line when it cannot. Pl@ntNet-300K and `image_folder`
+are folder-per-class trees of images (experiments/image_folder.py).
+
+Fashion-MNIST and CIFAR live in memory as uint8 and are augmented with vectorized NumPy; the image folders are
+streamed with tf.data. TensorFlow and TFDS are imported only when a loader needs them.
 """
 import dataclasses
-import gzip
 import json
 import os
 from typing import Iterator, Optional
@@ -25,56 +29,29 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 import noised_topk_jax as ntk
 from experiments import config as config_lib
+from experiments import data_files
+from experiments import image_folder
 from experiments import synthetic_lt
 
 DATASETS = config_lib.DATASETS
 IMBALANCE_PROFILES = ntk.PROFILES
 
-# Where `apt-get install dataset-fashion-mnist` puts the IDX files (Debian/Ubuntu).
-FASHION_MNIST_DEBIAN_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASS_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                             "Bag", "Ankle boot")
+# Where the files are looked for, and the errors that say so (experiments/data_files.py).
+DatasetNotFoundError = data_files.DatasetNotFoundError
+DatasetDownloadError = data_files.DatasetDownloadError
+FASHION_MNIST_DEBIAN_DIR = data_files.FASHION_MNIST_DEBIAN_DIR
+FASHION_MNIST_DIR_ENV = data_files.FASHION_MNIST_DIR_ENV
+read_idx = data_files.read_idx
+
 DEFAULT_VALIDATION_PER_CLASS = 500
+# The images of the datasets read from arrays are used at their own size.
+NATIVE_IMAGE_SIZE = {"fashion_mnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32}
 
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = image_folder.IMAGENET_MEAN, image_folder.IMAGENET_STD
 
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _PLANTNET_NAMES_FILE = "plantnet300K_species_id_2_name.json"
-
-_HOW_TO_GET = {
-    "fashion_mnist_lt": (
-        "Fashion-MNIST: on Debian/Ubuntu `apt-get install dataset-fashion-mnist` installs the four IDX files "
-        f"(train/t10k-images-idx3-ubyte.gz, train/t10k-labels-idx1-ubyte.gz) in {FASHION_MNIST_DEBIAN_DIR}, which "
-        "is used when no data_dir is given; or put those files (gzipped or not) in a folder and pass it as data_dir; "
-        "or prepare the TFDS dataset on a networked machine (`tfds build fashion_mnist --data_dir=DIR`), copy DIR "
-        "here and pass it as data_dir."),
-    "cifar10_lt": (
-        "CIFAR-10 is read through TFDS: on a networked machine run `tfds build cifar10 --data_dir=DIR` (or call "
-        "get_dataset(..., download=True) there), copy DIR here and pass it as data_dir."),
-    "cifar100_lt": (
-        "CIFAR-100 is read through TFDS: on a networked machine run `tfds build cifar100 --data_dir=DIR` (or call "
-        "get_dataset(..., download=True) there), copy DIR here and pass it as data_dir."),
-    "plantnet300k": (
-        "Pl@ntNet-300K: download plantnet_300K.zip from https://zenodo.org/record/5645731 (about 30 GB), unzip it "
-        "and pass the extracted folder as data_dir. Expected layout: data_dir/{train,val,test}/<class_id>/*.jpg "
-        "(the archive's data_dir/images/{train,val,test}/... is accepted too); the class order is the sorted list "
-        "of train folder names. It cannot be downloaded automatically (download=True has no effect)."),
-}
-
-
-class DatasetNotFoundError(FileNotFoundError):
-  """The dataset's files are not where the pipeline looked; the message says where it looked and how to get them."""
-
-  def __init__(self, name: str, looked_in: list[str], detail: str = ""):
-    message = f"Dataset {name!r} not found. Looked in: " + "; ".join(looked_in) + "."
-    if detail:
-      message += f" ({detail})"
-    message += " How to get it: " + _HOW_TO_GET[name]
-    super().__init__(message)
-    self.dataset_name = name
-    self.looked_in = tuple(looked_in)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -131,61 +108,6 @@ class _VectorSource:
       yield self.features[indices]
 
 
-class _FileSource:
-  """A split streamed from image files with tf.data: read, decode, resize, crop and normalize in parallel.
-
-  Resizing follows torchvision's `Resize(resize_size)`: the shorter side becomes `resize_size`, the longer one
-  `int(resize_size * long / short)`. Training crops are `tf.image.stateless_random_crop` seeded per example from the
-  host-side random draws, so they do not depend on tf.data's scheduling.
-  """
-
-  def __init__(self, paths: np.ndarray, labels: np.ndarray, *, image_size: int, resize_size: int, mean, std):
-    self.labels = labels
-    self._paths = paths
-    self._paths_tensor = None
-    self._image_size = image_size
-    self._resize_size = resize_size
-    self._mean = np.asarray(mean, np.float32) * 255.0
-    self._std = np.asarray(std, np.float32) * 255.0
-
-  def _load_and_transform(self, path, random_bits, augment: bool):
-    tf = _import_tensorflow()
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    height, width = tf.shape(image)[0], tf.shape(image)[1]
-    short, long = tf.minimum(height, width), tf.maximum(height, width)
-    new_long = tf.cast(tf.math.floordiv(tf.cast(self._resize_size, tf.int64) * tf.cast(long, tf.int64),
-                                        tf.cast(short, tf.int64)), tf.int32)
-    new_height = tf.where(height <= width, self._resize_size, new_long)
-    new_width = tf.where(height <= width, new_long, self._resize_size)
-    image = tf.image.resize(image, tf.stack([new_height, new_width]), method="bilinear", antialias=True)
-    size = self._image_size
-    if augment:
-      image = tf.image.stateless_random_crop(image, [size, size, 3], seed=random_bits[:2])
-    else:
-      top = tf.cast(tf.round(tf.cast(new_height - size, tf.float32) / 2.0), tf.int32)
-      left = tf.cast(tf.round(tf.cast(new_width - size, tf.float32) / 2.0), tf.int32)
-      image = image[top:top + size, left:left + size]
-    image = (image - self._mean) / self._std
-    image.set_shape([size, size, 3])
-    return image
-
-  def batches(self, index_rows: np.ndarray, random_rows: np.ndarray | None) -> Iterator[np.ndarray]:
-    tf = _import_tensorflow()
-    if self._paths_tensor is None:
-      self._paths_tensor = tf.constant(self._paths)
-    steps, batch = index_rows.shape
-    augment = random_rows is not None
-    if not augment:
-      random_rows = np.zeros((steps, batch, 3), np.int64)
-    dataset = tf.data.Dataset.from_tensor_slices((index_rows.reshape(-1).astype(np.int64),
-                                                  random_rows.reshape(-1, 3).astype(np.int64)))
-    dataset = dataset.map(
-        lambda index, bits: self._load_and_transform(tf.gather(self._paths_tensor, index), bits, augment),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    yield from dataset.as_numpy_iterator()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Dataset
 # ----------------------------------------------------------------------------------------------------------------
@@ -224,8 +146,8 @@ class Dataset:
   eval_splits: tuple[str, ...]
   has_validation: bool
   num_train_examples: int
-  _train: _ArraySource | _FileSource | _VectorSource = dataclasses.field(repr=False)
-  _evals: dict[str, _ArraySource | _FileSource | _VectorSource] = dataclasses.field(repr=False)
+  _train: _ArraySource | image_folder.FileSource | _VectorSource = dataclasses.field(repr=False)
+  _evals: dict[str, _ArraySource | image_folder.FileSource | _VectorSource] = dataclasses.field(repr=False)
   # synthetic_lt only: the generated data, with its exact Bayes-optimal scores (`bayes_scores`).
   synthetic: Optional[synthetic_lt.Synthetic] = dataclasses.field(default=None, repr=False)
 
@@ -234,7 +156,7 @@ class Dataset:
     _check_int(batch_size, "batch_size", minimum=1)
     if batch_size > self.num_train_examples:
       raise ValueError(f"`batch_size`={batch_size} exceeds the {self.num_train_examples} training examples of "
-                       f"{self.name}: an epoch would have no full batch.")
+                       f"{self.name}: an epoch would have no full batch (lower `batch_size`).")
     return self.num_train_examples // batch_size
 
   def epoch_indices(self, *, epoch: int, seed: int, resample: bool = False,
@@ -332,7 +254,7 @@ class Dataset:
 
 def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: str = "exp",
                 imbalance_ratio: float = 100.0, subset_seed: int = 0, validation_per_class: int | None = None,
-                image_size: int | None = None, download: bool = False,
+                image_size: int | None = None, download: bool = True,
                 synthetic: synthetic_lt.SyntheticSpec | None = None) -> Dataset:
   """Loads one of `DATASETS`.
 
@@ -347,16 +269,19 @@ def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: st
   Args:
     name: one of `DATASETS`.
     data_dir: where the data is (IDX folder or TFDS data_dir for Fashion-MNIST, TFDS data_dir for CIFAR, the
-      extracted archive for Pl@ntNet-300K). Fashion-MNIST falls back to `FASHION_MNIST_DEBIAN_DIR`, then to TFDS.
-    imbalance_profile: `"exp"` or `"step"` (ignored by plantnet300k, which is naturally long-tailed).
-    imbalance_ratio: rho = n_max / n_min >= 1 (ignored by plantnet300k).
+      extracted archive for Pl@ntNet-300K, the root of the tree for image_folder). Without it, Fashion-MNIST is read
+      from `FASHION_MNIST_DEBIAN_DIR` (or the folder in the environment variable `FASHION_MNIST_DIR_ENV`), else from
+      TFDS's default data dir.
+    imbalance_profile: `"exp"` or `"step"` (ignored by the folder datasets, used as they are).
+    imbalance_ratio: rho = n_max / n_min >= 1 (ignored by the folder datasets).
     subset_seed: seed of the long-tailed subset and of the validation split.
     validation_per_class: Fashion-MNIST only: size per class of the balanced validation split carved from the
       training images the long-tailed subset does not use (default 500; 0 for none). CIFAR-LT has no validation
-      split (the test set doubles as validation, as in the protocol) and Pl@ntNet-300K uses its official one.
-    image_size: Pl@ntNet-300K only: crop size (default 224); images are first resized so that their shorter side is
-      `round(image_size * 256 / 224)`.
-    download: let TFDS download the data (needs network; Fashion-MNIST fallback and CIFAR).
+      split (the test set doubles as validation, as in the protocol) and the folder datasets read their val/ folder.
+    image_size: the folder datasets only: crop size (default `config.DEFAULT_IMAGE_SIZE`: 224 for Pl@ntNet-300K, 32
+      for image_folder); images are first resized so that their shorter side is `round(image_size * 256 / 224)`.
+    download: Fashion-MNIST (when no IDX files are found) and CIFAR: let TFDS download and prepare the data when
+      it is not in its data dir (needs network; like `tfds.load`'s default). False: raise DatasetNotFoundError.
     synthetic: synthetic_lt only: the generator's settings (default `SyntheticSpec()`), which hold its profile,
       ratio, validation size and seed; the other arguments are ignored for it (`train_lib.load_dataset(config)`
       builds the spec from a config).
@@ -365,8 +290,10 @@ def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: st
     A `Dataset`.
 
   Raises:
-    DatasetNotFoundError: the data is not where it was looked for.
-    ValueError: an invalid argument (the message names it) or labels outside `[0, num_classes)`.
+    DatasetNotFoundError: the data is not where it was looked for; `DatasetDownloadError` when TFDS failed to
+      download it.
+    ValueError: an invalid argument (the message names it), labels outside `[0, num_classes)`, or a bad image
+      folder (the message names the path).
   """
   if name not in DATASETS:
     raise ValueError(f"`name` must be one of {DATASETS}, got {name!r}.")
@@ -384,15 +311,17 @@ def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: st
     _check_int(validation_per_class, "validation_per_class", minimum=0)
     if name != "fashion_mnist_lt" and validation_per_class:
       raise ValueError(f"`validation_per_class` is only supported by fashion_mnist_lt (got {validation_per_class} "
-                       f"for {name}): CIFAR-LT has no validation split and plantnet300k uses its official one.")
+                       f"for {name}): CIFAR-LT has no validation split and the folder datasets read their val/ "
+                       "folder.")
   if image_size is not None:
     _check_int(image_size, "image_size", minimum=1)
-    native = {"fashion_mnist_lt": 28, "cifar10_lt": 32, "cifar100_lt": 32}.get(name)
+    native = NATIVE_IMAGE_SIZE.get(name)
     if native is not None and image_size != native:
       raise ValueError(f"`image_size` must be None or {native} for {name}, got {image_size}.")
 
-  if name == "plantnet300k":
-    return _plantnet(data_dir, image_size=224 if image_size is None else int(image_size))
+  if name in config_lib.FOLDER_DATASETS:
+    size = config_lib.DEFAULT_IMAGE_SIZE[name] if image_size is None else int(image_size)
+    return (_plantnet if name == "plantnet300k" else _image_folder)(data_dir, image_size=size)
   long_tail = dict(profile=imbalance_profile, ratio=float(imbalance_ratio), seed=int(subset_seed))
   if name == "fashion_mnist_lt":
     per_class = DEFAULT_VALIDATION_PER_CLASS if validation_per_class is None else int(validation_per_class)
@@ -456,161 +385,65 @@ def _in_memory_dataset(name: str, class_names, train, evals: dict, *, long_tail:
                  _evals=sources)
 
 
-# ---- Fashion-MNIST ---------------------------------------------------------------------------------------------
-
-
-def read_idx(path: str) -> np.ndarray:
-  """Reads an IDX file (gzipped when the name ends in .gz) of unsigned bytes into a uint8 array."""
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
-  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-    raise ValueError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4]!r}).")
-  ndim = data[3]
-  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-  body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
-  if body.size != int(np.prod(shape)):
-    raise ValueError(f"{path}: header says {shape} ({np.prod(shape)} bytes) but holds {body.size} bytes.")
-  return body.reshape(shape)
-
-
-def _find_idx_files(directory: str) -> dict | None:
-  """`{split: (images_path, labels_path)}` when `directory` holds all four Fashion-MNIST IDX files."""
-  found = {}
-  for split, prefix in (("train", "train"), ("test", "t10k")):
-    paths = []
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-      candidates = [os.path.join(directory, f"{prefix}-{kind}{ext}") for ext in (".gz", "")]
-      existing = [p for p in candidates if os.path.isfile(p)]
-      if not existing:
-        return None
-      paths.append(existing[0])
-    found[split] = tuple(paths)
-  return found
+# ---- Fashion-MNIST and CIFAR (arrays from IDX files or TFDS) ---------------------------------------------------
 
 
 def _fashion_mnist(data_dir, download, long_tail, *, validation_per_class) -> Dataset:
-  directory = data_dir if data_dir is not None else FASHION_MNIST_DEBIAN_DIR
-  files = _find_idx_files(directory)
-  class_names = FASHION_MNIST_CLASS_NAMES
-  if files is not None:
-    splits = {}
-    for split, (images_path, labels_path) in files.items():
-      images, labels = read_idx(images_path), read_idx(labels_path)
-      if images.ndim != 3 or images.shape[0] != labels.shape[0]:
-        raise ValueError(f"{images_path} / {labels_path}: expected [N, H, W] images and [N] labels, got "
-                         f"{images.shape} and {labels.shape}.")
-      splits[split] = (images[..., None], labels)
-  else:
-    looked_in = [f"IDX files in {directory}", f"TFDS fashion_mnist in {data_dir or 'the default TFDS data_dir'}"]
-    splits, tfds_names = _load_tfds("fashion_mnist_lt", "fashion_mnist", data_dir, download, looked_in)
-    class_names = tfds_names if len(tfds_names) == len(class_names) else class_names
+  splits, class_names = data_files.fashion_mnist_arrays(data_dir, download)
   return _in_memory_dataset("fashion_mnist_lt", class_names, splits["train"], {"test": splits["test"]},
                             long_tail=long_tail, mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, pad=2,
                             validation_per_class=validation_per_class)
 
 
-# ---- CIFAR (TFDS) ----------------------------------------------------------------------------------------------
-
-
-def _import_tensorflow():
-  """Imports TensorFlow hidden from every GPU, so that it never takes accelerator memory from JAX."""
-  try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError("Pl@ntNet-300K's images and the TFDS datasets (CIFAR) are read with TensorFlow, which is not "
-                      f"installed ({e}): pip install tensorflow-cpu (requirements.txt pins the tested version). "
-                      "Fashion-MNIST and synthetic_lt need no TensorFlow.") from e
-  try:
-    tf.config.set_visible_devices([], "GPU")
-  except RuntimeError:  # Already initialized: the first call did it.
-    pass
-  return tf
-
-
-def _load_tfds(name: str, tfds_name: str, data_dir, download, looked_in) -> tuple[dict, list[str]]:
-  """Loads the train and test splits of a TFDS image dataset into uint8 / int64 NumPy arrays."""
-  try:
-    _import_tensorflow()
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise DatasetNotFoundError(name, looked_in, f"TensorFlow Datasets is not installed: {e}") from e
-  try:
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
-    datasets = tfds.load(tfds_name, split=["train", "test"], data_dir=data_dir, download=download)
-  except Exception as e:  # pylint: disable=broad-except  # TFDS reports missing data with several exception types.
-    raise DatasetNotFoundError(name, looked_in, f"TFDS: {type(e).__name__}: {e}") from e
-  splits = {}
-  for split, dataset in zip(("train", "test"), datasets):
-    chunks = list(tfds.as_numpy(dataset.map(lambda x: (x["image"], x["label"])).batch(10_000)))
-    splits[split] = (np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks]))
-  return splits, list(builder.info.features["label"].names)
-
-
 def _cifar(name: str, data_dir, download, long_tail) -> Dataset:
-  tfds_name, num_classes = {"cifar10_lt": ("cifar10", 10), "cifar100_lt": ("cifar100", 100)}[name]
-  looked_in = [f"TFDS {tfds_name} in {data_dir or 'the default TFDS data_dir'}"]
-  splits, class_names = _load_tfds(name, tfds_name, data_dir, download, looked_in)
+  num_classes = {"cifar10_lt": 10, "cifar100_lt": 100}[name]
+  looked_in = [f"TFDS {data_files.TFDS_NAMES[name]} in {data_dir or 'the default TFDS data_dir'}"]
+  splits, class_names = data_files.tfds_arrays(name, data_dir, download, looked_in)
   if len(class_names) != num_classes:
     class_names = [str(c) for c in range(num_classes)]
   return _in_memory_dataset(name, class_names, splits["train"], {"test": splits["test"]}, long_tail=long_tail,
                             mean=CIFAR_MEAN, std=CIFAR_STD, pad=4)
 
 
-# ---- Pl@ntNet-300K (folders of JPEGs) --------------------------------------------------------------------------
+# ---- Folders of images: image_folder, Pl@ntNet-300K ------------------------------------------------------------
 
 
-def _list_images(directory: str) -> dict[str, list[str]]:
-  """`{class folder name: sorted image paths}` of a folder-per-class split."""
-  classes = {}
-  for entry in sorted(os.scandir(directory), key=lambda e: e.name):
-    if entry.is_dir():
-      classes[entry.name] = sorted(os.path.join(entry.path, f.name) for f in os.scandir(entry.path)
-                                   if f.is_file() and f.name.lower().endswith(_IMAGE_EXTENSIONS))
-  return classes
+def _folder_dataset(name: str, splits: image_folder.Splits, *, image_size: int, class_names=None) -> Dataset:
+  num_classes = len(splits.class_names)
+  return Dataset(name=name, num_classes=num_classes, class_names=list(class_names or splits.class_names),
+                 image_shape=(image_size, image_size, 3),
+                 train_class_counts=np.bincount(splits.train.labels, minlength=num_classes).astype(np.int64),
+                 eval_splits=tuple(splits.evals), has_validation="val" in splits.evals,
+                 num_train_examples=len(splits.train.labels), _train=splits.train, _evals=splits.evals)
+
+
+def _image_folder(data_dir, *, image_size: int) -> Dataset:
+  name = "image_folder"
+  if data_dir is None:
+    raise DatasetNotFoundError(name, ["nowhere: data_dir is required for image_folder"])
+  if not image_folder.has_split(data_dir, "train"):
+    raise DatasetNotFoundError(name, [os.path.join(data_dir, "train")])
+  return _folder_dataset(name, image_folder.read_splits(data_dir, image_size=image_size), image_size=image_size)
 
 
 def _plantnet(data_dir, *, image_size: int) -> Dataset:
+  """image_folder's reader on the archive's layout, with the species names of its JSON file as class names."""
   name = "plantnet300k"
   if data_dir is None:
     raise DatasetNotFoundError(name, ["nowhere: data_dir is required for plantnet300k"])
   candidates = [data_dir, os.path.join(data_dir, "images")]
-  root = next((c for c in candidates if os.path.isdir(os.path.join(c, "train"))), None)
+  root = next((c for c in candidates if image_folder.has_split(c, "train")), None)
   if root is None:
     raise DatasetNotFoundError(name, [os.path.join(c, "train") for c in candidates])
-  train_folders = _list_images(os.path.join(root, "train"))
-  class_ids = list(train_folders)
-  if not class_ids or not any(train_folders.values()):
-    raise DatasetNotFoundError(name, [os.path.join(root, "train")], "no class folder with images")
-  class_index = {c: i for i, c in enumerate(class_ids)}
-  resize_size = int(round(image_size * 256 / 224))
-
-  def source(split: str, folders: dict[str, list[str]]) -> _FileSource:
-    unknown = sorted(set(folders) - set(class_index))
-    if unknown:
-      raise ValueError(f"{name} {split}: class folders {unknown[:5]} are not training classes, so their labels would "
-                       f"fall outside [0, {len(class_ids)}).")
-    paths = [p for c in folders for p in folders[c]]
-    labels = np.asarray([class_index[c] for c in folders for _ in folders[c]], np.int64)
-    return _FileSource(np.asarray(paths, dtype=object), _check_labels(labels, len(class_ids), f"{name} {split}"),
-                       image_size=image_size, resize_size=resize_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-
-  train = source("train", train_folders)
-  evals = {split: source(split, _list_images(os.path.join(root, split)))
-           for split in ("val", "test") if os.path.isdir(os.path.join(root, split))}
-  evals = {split: s for split, s in evals.items() if len(s.labels)}
-  class_names = class_ids
+  splits = image_folder.read_splits(root, image_size=image_size)
+  class_names = splits.class_names
   names_file = next((p for p in (os.path.join(data_dir, _PLANTNET_NAMES_FILE), os.path.join(root, _PLANTNET_NAMES_FILE))
                      if os.path.isfile(p)), None)
   if names_file is not None:
     with open(names_file) as f:
       id_to_name = json.load(f)
-    class_names = [id_to_name.get(c, c) for c in class_ids]
-  return Dataset(name=name, num_classes=len(class_ids), class_names=class_names,
-                 image_shape=(image_size, image_size, 3),
-                 train_class_counts=np.bincount(train.labels, minlength=len(class_ids)).astype(np.int64),
-                 eval_splits=tuple(evals), has_validation="val" in evals, num_train_examples=len(train.labels),
-                 _train=train, _evals=evals)
+    class_names = [id_to_name.get(c, c) for c in class_names]
+  return _folder_dataset(name, splits, image_size=image_size, class_names=class_names)
 
 
 # ---- synthetic_lt ----------------------------------------------------------------------------------------------

@@ -60,12 +60,15 @@ def format_record(record):
   return "; ".join(parts)
 
 
-def describe_selection(selection, sel_k, best):
+def describe_selection(selection, sel_k, best, *, has_validation=True):
+  """results.json's `model_selection`: which epoch's model the test split reports, and why."""
   if selection == "val_macro_topk":
     return f"best validation macro top-{sel_k} accuracy (epoch {best['epoch'] + 1}); test evaluated once"
   if selection == "best_test_epoch":
     return ("best test top-1 epoch: the test set doubles as validation, as in the LDAM-DRW/MM CIFAR-LT protocol "
             f"(epoch {best['epoch'] + 1}); optimistic by construction")
+  if not has_validation:
+    return "last epoch: no validation split, so no model selection on validation"
   return "last epoch"
 
 

@@ -4,6 +4,7 @@ r"""Trains a classifier with one of the library's losses.
   python -m experiments.train --config=list                     # every preset and the command that runs it
   python -m experiments.train --config=plantnet_noised_imbalanced --data_dir=... --pretrained_weights=...
   python -m experiments.train --loss=ce --epochs=5              # flags override the preset's fields
+  python -m experiments.train --dataset=image_folder --data_dir=DIR   # your images: DIR/{train,val,test}/<class>/*.jpg
 
 Results land in --workdir (printed at start): results.json, per_class_accuracy.png, tensorboard/, checkpoints/.
 Restarting an interrupted command resumes from its last checkpoint.
@@ -46,9 +47,13 @@ def default_workdir(preset_name, overrides):
 
 
 class _QuietLibraries:
-  """Drops the INFO chatter of Orbax (a dozen lines per checkpoint); its warnings and errors still show."""
+  """Drops the INFO chatter of Orbax (a dozen lines per checkpoint), and the INFO and WARNING lines of TFDS (a few per
+  dataset read) and of urllib3 (one per retry of a TFDS download, some after the download has failed); their errors,
+  and Orbax's warnings, still show."""
 
   def filter(self, record):
+    if "tensorflow_datasets" in record.pathname or record.name.startswith("urllib3"):
+      return record.levelno > 30
     return record.levelno > 20 or "orbax" not in record.pathname
 
 

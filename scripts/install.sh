@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the binaries and the tests need: a virtual environment `.venv` built from requirements.txt only and,
 # where apt-get is available with root rights, real Fashion-MNIST from Debian's dataset-fashion-mnist package.
+# Elsewhere (macOS, no root, another Linux) the trainer downloads Fashion-MNIST through TFDS on first use.
 # The environment does not see the machine's site-packages, so what passes here passes for a new user: a package the
 # machine happens to have (torch, say) cannot leak into the tests. NTK_VENV moves it (default: .venv).
 # Prints the Python interpreter to use on its last line.
@@ -11,6 +12,11 @@ PY=${PYTHON:-python3}
 VENV=${NTK_VENV:-.venv}
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 if [[ ! -x $VENV/bin/python ]]; then
+  if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "Python >= 3.11 is needed (pyproject.toml), and $PY is $("$PY" -V 2>&1 || echo missing):" \
+      "point PYTHON at a newer one, e.g. PYTHON=python3.12 bash $0." >&2
+    exit 1
+  fi
   if ! "$PY" -m venv "$VENV" >&2; then
     echo "Could not create a virtual environment with $PY (on Debian: apt-get install python3-venv)." >&2
     exit 1
@@ -22,9 +28,12 @@ fi
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
   if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } >&2 \
-      || echo "apt-get could not install dataset-fashion-mnist; the binaries will try TFDS instead." >&2
+      || echo "apt-get could not install dataset-fashion-mnist: the trainer will download Fashion-MNIST through" \
+        "TFDS on first use instead (about 30 MB; needs network)." >&2
   else
-    echo "Not root or no apt-get: Fashion-MNIST will come through TFDS (fashion_mnist) on first use." >&2
+    echo "Fashion-MNIST: Debian's dataset-fashion-mnist is not installed (that takes root and apt-get; with sudo:" \
+      "sudo apt-get install dataset-fashion-mnist), so the trainer downloads it through TFDS on first use, into" \
+      "${TFDS_DATA_DIR:-~/tensorflow_datasets} (about 30 MB; needs network)." >&2
   fi
 fi
 echo "$VENV/bin/python"

@@ -7,11 +7,17 @@ horizontal flips, JPEG compression, resizing), so that end-to-end tests can chec
   coded by a bright horizontal band (5 positions) spanning either the full width or its middle half.
 * `write_plantnet_tree`: a Pl@ntNet-300K-style folder tree `root/{train,val,test}/<class_id>/*.jpg`, RGB JPEGs of
   varied sizes whose class is coded by their colour.
+* `write_image_folder`: an `image_folder` tree `root/{train,val,test}/<class>/*` of small RGB PNGs and JPEGs (the
+  extensions in varied case), imbalanced, whose class is coded by their colour.
 * `mock_cifar`: a context manager under which `tfds.load("cifar10" / "cifar100")` returns random data.
+* `mock_fashion_mnist_tfds`: a context manager under which `tfds.builder("fashion_mnist")` is not prepared until its
+  `download_and_prepare` "downloads" generated Fashion-MNIST-like images, or fails as told.
 """
 import contextlib
 import gzip
 import os
+import types
+from unittest import mock
 
 import numpy as np
 
@@ -142,3 +148,116 @@ def mock_cifar(num_examples: int = 1000):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   with tfds.testing.mock_data(num_examples=num_examples):
     yield
+
+
+# Cycled through by `write_image_folder`: the loader must take every case of the three extensions.
+IMAGE_FOLDER_EXTENSIONS = (".png", ".jpg", ".JPEG", ".PNG", ".Jpg", ".jpeg")
+
+
+def write_image_folder(root: str, *, train_counts: dict, val_per_class: int = 0, test_per_class: int = 3,
+                       min_side: int = 28, max_side: int = 44, seed: int = 0) -> dict:
+  """Writes an `image_folder` tree `root/{train,val,test}/<class>/<n><ext>` of RGB images of varied sizes.
+
+  Args:
+    root: output folder.
+    train_counts: `{class name: training images}`, in any order (the loader sorts the names).
+    val_per_class: validation images per class; 0: no val/ folder at all.
+    test_per_class: test images per class.
+    min_side: smallest image side; sides are drawn in [min_side, max_side].
+    max_side: largest image side.
+    seed: seed of the sizes and pixels.
+
+  Returns:
+    `{"classes": sorted class names, "train": counts, "val": counts or None, "test": counts}`, the counts in the
+    order of `classes`. Class `i` of that order has the colour `_class_colour(i)`; the extensions cycle through
+    `IMAGE_FOLDER_EXTENSIONS` (PNG or JPEG content to match).
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  classes = sorted(train_counts)
+  counts = {"train": [train_counts[c] for c in classes], "test": [test_per_class] * len(classes)}
+  if val_per_class:
+    counts["val"] = [val_per_class] * len(classes)
+  n = 0
+  for split, split_counts in counts.items():
+    for c, count in enumerate(split_counts):
+      folder = os.path.join(root, split, classes[c])
+      os.makedirs(folder, exist_ok=True)
+      for i in range(count):
+        height, width = rng.integers(min_side, max_side + 1, size=2)
+        pixels = np.clip(_class_colour(c) + rng.normal(0, 12, size=(height, width, 3)), 0, 255).astype(np.uint8)
+        ext = IMAGE_FOLDER_EXTENSIONS[n % len(IMAGE_FOLDER_EXTENSIONS)]
+        n += 1
+        Image.fromarray(pixels).save(os.path.join(folder, f"{i:04d}{ext}"),
+                                     format="PNG" if ext.lower() == ".png" else "JPEG")
+  return {"classes": classes, "train": counts["train"], "val": counts.get("val"), "test": counts["test"]}
+
+
+# The class names of TFDS's fashion_mnist (tensorflow_datasets/image_classification/mnist.py).
+TFDS_FASHION_MNIST_NAMES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                            "Bag", "Ankle boot")
+
+
+class FakeFashionMnistBuilder:
+  """What `tfds.builder("fashion_mnist", data_dir=...)` returns under `mock_fashion_mnist_tfds`.
+
+  `data_dir` is TFDS's versioned folder under the data dir asked for, else under TFDS's default data dir (which TFDS
+  reads from `$TFDS_DATA_DIR` when it is imported). `download_and_prepare` records TFDS's retry bound at that moment
+  (`download_retries`), prints a banner as TFDS does, then fails with `download_error` or "prepares" the data, which
+  `as_dataset` then serves: generated Fashion-MNIST-like images (`fashion_like_images`), shuffled labels.
+  """
+
+  def __init__(self, data_dir, *, train_per_class: int, test_per_class: int, download_error=None, seed: int = 0):
+    self.requested_data_dir = data_dir
+    from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+    root = data_dir or constants.DATA_DIR
+    self.data_dir = os.path.join(root, "fashion_mnist", "3.0.1")
+    self.download_retries = []
+    self.info = types.SimpleNamespace(
+        features={"label": types.SimpleNamespace(names=list(TFDS_FASHION_MNIST_NAMES))})
+    self._download_error = download_error
+    self._prepared = False
+    rng = np.random.default_rng(seed)
+    self.data = {}
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+      labels = rng.permutation(np.repeat(np.arange(10), per_class))
+      self.data[split] = (fashion_like_images(labels, rng=rng)[..., None], labels.astype(np.int64))
+
+  def is_prepared(self) -> bool:
+    return self._prepared
+
+  def download_and_prepare(self):
+    from tensorflow_datasets.core.download import downloader  # pylint: disable=g-import-not-at-top
+    self.download_retries.append(downloader.MAX_RETRIES)
+    print(f"Downloading and preparing dataset 29.45 MiB to {self.data_dir}...")
+    if self._download_error is not None:
+      raise self._download_error
+    self._prepared = True
+
+  def as_dataset(self, split: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    if not self._prepared:
+      raise AssertionError("as_dataset before the data was prepared")
+    images, labels = self.data[split]
+    return tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+
+
+@contextlib.contextmanager
+def mock_fashion_mnist_tfds(*, train_per_class: int = 30, test_per_class: int = 5, download_error=None):
+  """Within this context, `tfds.builder("fashion_mnist", data_dir=...)` returns a new `FakeFashionMnistBuilder`.
+
+  Yields the list of builders made, in order, to check which data dir was asked for and what was downloaded.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  made = []
+
+  def builder(name, *, data_dir=None, **kwargs):
+    if name != "fashion_mnist" or kwargs:
+      raise AssertionError(f"unexpected tfds.builder({name!r}, {kwargs})")
+    made.append(FakeFashionMnistBuilder(data_dir, train_per_class=train_per_class, test_per_class=test_per_class,
+                                        download_error=download_error))
+    return made[-1]
+
+  with mock.patch.object(tfds, "builder", builder):
+    yield made

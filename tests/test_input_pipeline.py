@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import noised_topk_jax as ntk
+from experiments import data_files
 from experiments import input_pipeline as ip
 from tests import fake_data
 from tests import optional
@@ -331,7 +332,7 @@ def test_missing_cifar_and_plantnet_explain_how_to_get_them(tmp_path):
 # ---- the real Fashion-MNIST (Debian package dataset-fashion-mnist) ---------------------------------------------
 
 
-@pytest.mark.skipif(ip._find_idx_files(ip.FASHION_MNIST_DEBIAN_DIR) is None,
+@pytest.mark.skipif(data_files.find_idx_files(data_files.fashion_mnist_default_dir()) is None,
                     reason="real Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 def test_real_fashion_mnist():
   dataset = ip.get_dataset("fashion_mnist_lt", imbalance_ratio=100, validation_per_class=0)
@@ -458,8 +459,9 @@ def test_plantnet_resizes_the_shorter_side_then_center_crops(tmp_path):
   pixels = np.full((40, 120, 3), 255, np.uint8)
   pixels[:, :40] = 0
   for split in ("train", "test"):
-    os.makedirs(tmp_path / split / "7")
-    Image.fromarray(pixels).save(tmp_path / split / "7" / "a.png")
+    for class_id in ("7", "8"):  # two classes, the same image
+      os.makedirs(tmp_path / split / class_id)
+      Image.fromarray(pixels).save(tmp_path / split / class_id / "a.png")
   dataset = ip.get_dataset("plantnet300k", data_dir=str(tmp_path), image_size=32)
   assert dataset.eval_splits == ("test",) and not dataset.has_validation
   image = next(dataset.eval_batches("test", batch_size=1))["image"][0]
@@ -481,5 +483,6 @@ def test_plantnet_archive_layout_names_and_label_check(tmp_path):
   os.makedirs(root / "images" / "val" / "9999999")
   (root / "images" / "val" / "9999999" / "x.jpg").write_bytes((root / "images" / "val").joinpath(
       written["class_ids"][0], "00000.jpg").read_bytes())
-  with pytest.raises(ValueError, match="not training classes"):
+  with pytest.raises(ValueError, match="not a class of") as info:
     ip.get_dataset("plantnet300k", data_dir=str(root), image_size=16)
+  assert str(info.value).startswith(str(root / "images" / "val" / "9999999") + ":")

@@ -13,6 +13,7 @@ One test (so that the wheel is built once, also under pytest-xdist), in two stag
 """
 import email.parser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,8 @@ from tests import test_examples
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIME_REQUIREMENTS = {"jax>=0.10.2", "numpy>=1.26"}
-EXPERIMENTS_EXTRA = {"flax", "optax", "chex", "absl-py", "orbax-checkpoint", "tensorflow-cpu", "tensorflow-datasets",
+EXPERIMENTS_EXTRA = {"flax", "optax", "chex", "absl-py", "orbax-checkpoint", "tensorflow-cpu; sys_platform != 'darwin'",
+                     "tensorflow; sys_platform == 'darwin'", "tensorflow-datasets", "importlib_resources",
                      "tensorboard", "matplotlib", "pillow"}
 _SKIP_DIRS = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", "workdir", "workdirs"}
 
@@ -70,8 +72,11 @@ def _requirements(metadata):
   for req in metadata.get_all("Requires-Dist") or []:
     if ";" in req:
       spec, marker = (s.strip() for s in req.split(";", 1))
-      extra = marker.split("==")[1].strip().strip("'\"")
-      extras.setdefault(extra, set()).add(spec.replace(" ", ""))
+      extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker).group(1)
+      # What is left of the marker once the extra is removed: a platform condition, kept with the requirement.
+      rest = re.sub(r"\s*(and\s+)?extra\s*==\s*['\"][^'\"]+['\"]", "", marker).strip()
+      rest = re.sub(r"^\((.*)\)$", r"\1", rest).replace('"', "'")
+      extras.setdefault(extra, set()).add(spec.replace(" ", "") + (f"; {rest}" if rest else ""))
     else:
       runtime.add(req.replace(" ", ""))
   return runtime, extras

@@ -425,6 +425,8 @@ def test_every_preset_validates_and_names_its_command():
     (["--config=synth_lt100_ce", "--synthetic_max_count=20"], "`synthetic_max_count`=20 leaves the rarest classes"),
     (["--config=synth_lt100_noised_imbalanced_k5", "--k=100"], "`k` must be < `synthetic_num_classes`=100"),
     (["--synthetic_dim=4"], "`synthetic_dim` is a setting of `dataset=synthetic_lt`"),
+    (["--dataset=image_folder", "--data_dir=x", "--imbalance_ratio=10"],
+     "`imbalance_ratio` is not used by dataset=image_folder"),
 ])
 def test_bad_flags_fail_at_start(args, message):
   out = _cli(*args, timeout=120)
@@ -435,8 +437,9 @@ def test_bad_flags_fail_at_start(args, message):
 
 
 def test_missing_dataset_prints_one_message(tmp_path):
+  # Without the download (on by default; tests/test_quickstart_download.py covers a failing one).
   out = _cli("--dataset=cifar10_lt", f"--data_dir={tmp_path / 'nonexistent'}", "--loss=ce", "--normalized_head=false",
-             "--model=resnet32", timeout=300)
+             "--model=resnet32", "--tfds_download=false", timeout=300)
   assert out.returncode == 1
   assert "Traceback" not in out.stderr
   error = [line for line in out.stderr.splitlines() if line.startswith("experiments.train: error:")]

@@ -3,9 +3,10 @@
 python -m experiments.train
 
 Long-tailed Fashion-MNIST (exp profile, imbalance ratio 100: 5,500 images of class 0 down to 55 of class 9, real data
-from the Debian package dataset-fashion-mnist or TFDS), a small CNN with a cosine head, and the imbalanced noised
-top-K loss with K = 2 (several Fashion-MNIST classes look alike: T-shirt, shirt, pullover, coat). A balanced
-validation split taken from the unused training images selects the epoch; the balanced test set is evaluated once.
+from the Debian package dataset-fashion-mnist, else from TFDS, which downloads it on first use), a small CNN with a
+cosine head, and the imbalanced noised top-K loss with K = 2 (several Fashion-MNIST classes look alike: T-shirt,
+shirt, pullover, coat). A balanced validation split taken from the unused training images selects the epoch; the
+balanced test set is evaluated once.
 About half a minute on a 2-core CPU once installed (measured: docs/results/default_job.md).
 
 Hyperparameters: 16 epochs, batch 128, SGD momentum 0.9, lr 0.1 (no warm-up), x0.1 at epochs 10 and 14, weight
