@@ -199,3 +199,18 @@ def test_docs_requirements_pin_the_tested_jax():
     assert docs[name] == tested[name], f"{name}: docs/requirements.txt {docs[name]}, requirements.txt {tested[name]}"
   for name in ("sphinx", "myst-parser", "furo", "docutils"):
     assert docs[name].startswith("=="), f"{name} is not pinned in docs/requirements.txt"
+
+
+def test_layout_page_names_every_source_file():
+  """docs/layout.md is the map of the checkout: a module or script added without a line there fails here."""
+  text = _read(os.path.join(DOCS, "layout.md"))
+  missing = []
+  for folder, pattern in (("noised_topk_jax", "*.py"), ("experiments", "*.py"), ("experiments/configs", "*.py"),
+                          ("scripts", "*"), ("benchmarks", "*.py"), ("examples", "*.py"), ("notebooks", "*.ipynb")):
+    for path in sorted(glob.glob(os.path.join(REPO, folder, pattern))):
+      name = os.path.basename(path)
+      if name == "__init__.py" or not os.path.isfile(path):
+        continue
+      if f"`{name}`" not in text and f"`{os.path.splitext(name)[0]}" not in text:
+        missing.append(f"{folder}/{name}")
+  assert not missing, f"docs/layout.md does not mention: {missing}"
