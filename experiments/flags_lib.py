@@ -75,6 +75,43 @@ HELP = {
                                     "with a fresh head (experiments/pretraining.py). 0: from scratch."),
     "pretrain_epochs": "Epochs of the pretraining (lr x0.1 at 2/3 and 5/6 of them).",
     "pretrain_learning_rate": "Learning rate of the pretraining.",
+    "validation_per_class": ("fashion_mnist_lt only: images per class of the balanced validation split carved from "
+                             "the training images the long tail leaves unused (default 500; 0: no validation "
+                             "split). CIFAR-LT has none; the folder datasets read their val/ folder."),
+    "augment": ("Augment the training images: padded random crops and horizontal flips (Fashion-MNIST, CIFAR), "
+                "random crops without flips (the folder datasets). synthetic_lt's vectors are never augmented."),
+    "svm_alpha": "smooth_svm: the margin alpha of the smooth top-k SVM (Berrada et al.; default 1).",
+    "cb_beta": ("beta of the class-balanced weights (1 - beta) / (1 - beta^n_y) used by train_rule=reweight, drw "
+                "and resample (Cui et al.; 0.9999 in LDAM-DRW)."),
+    "drw_start_epoch": "train_rule=drw: the epoch (0-indexed) from which the class-balanced weights apply.",
+    "require_pretrained": ("Refuse to start without --pretrained_weights (the Pl@ntNet-300K presets set it: the "
+                           "authors always fine-tune ImageNet weights); false trains from scratch on purpose."),
+    "half_precision": ("Run the model's convolutions and batch norm in bfloat16 (parameters stay float32; logits are "
+                       "cast to float32 before the loss)."),
+    "epochs": "Number of training epochs.",
+    "batch_size": "Global training batch size, split over the local devices (must divide by their number).",
+    "eval_batch_size": "Global evaluation batch size (the last batch is padded and masked).",
+    "learning_rate": "Peak learning rate of SGD (after the warm-up).",
+    "momentum": "SGD momentum.",
+    "nesterov": "Nesterov momentum.",
+    "weight_decay": "Coupled L2 weight decay (added to the gradient, as PyTorch's SGD does).",
+    "warmup_epochs": "Epochs of linear learning-rate warm-up from 0 (0: none).",
+    "lr_decay_factor": "Factor applied to the learning rate at each of lr_decay_epochs.",
+    "selection_k": ("K of the validation macro top-K that selects the reported epoch. Default: the loss's k when it "
+                    "is one of eval_ks, else the largest of eval_ks."),
+    "model_selection": (f"One of {config_lib.MODEL_SELECTIONS}: how the reported epoch is chosen. auto: the best "
+                        "validation macro top-K (selection_k) when there is a validation split, else the best test "
+                        "epoch (the CIFAR-LT protocol), or the last epoch for image_folder. results.json says which."),
+    "eval_every_epochs": "Evaluate every this many epochs (and after the last).",
+    "checkpoint_every_epochs": "Save a checkpoint every this many epochs (and after the last); a rerun resumes there.",
+    "log_every_steps": "Log the training loss and accuracy every this many steps.",
+    "seed": "Seed of the initialisation, the batch order, the augmentation and the loss noise.",
+    "distributed": ("Multi-host: call jax.distributed.initialize() (with --coordinator_address, --num_processes, "
+                    "--process_id, or auto-detection on TPU pods and SLURM); each process reads its shard of every "
+                    "global batch."),
+    "coordinator_address": "--distributed: host:port of process 0 (default: auto-detected).",
+    "num_processes": "--distributed: number of processes (default: auto-detected).",
+    "process_id": "--distributed: this process's index (default: auto-detected).",
     "pretrain_cache_dir": ("Where pretrained hidden layers are cached, one file per seed and setting, shared by runs. "
                            "Default: pretrained/ beside the workdir."),
 }
