@@ -7,7 +7,7 @@ from the Debian package dataset-fashion-mnist, else from TFDS, which downloads i
 cosine head, and the imbalanced noised top-K loss with K = 2 (several Fashion-MNIST classes look alike: T-shirt,
 shirt, pullover, coat). A balanced validation split taken from the unused training images selects the epoch; the
 balanced test set is evaluated once.
-About half a minute on a 2-core CPU once installed (measured: docs/results/default_job.md).
+Under a minute on a 2-core CPU once installed (measured: docs/results/default_job.md).
 
 Hyperparameters: 16 epochs, batch 128, SGD momentum 0.9, lr 0.1 (no warm-up), x0.1 at epochs 10 and 14, weight
 decay 5e-4; k 2, epsilon 0.1, B 5, max margin 0.2, scale 60. The learning rate and epsilon come from
