@@ -13,7 +13,7 @@ from experiments import aggregate
 from experiments import config as config_lib
 from experiments import configs
 from experiments import grids
-from experiments import input_pipeline
+from experiments import data_files
 from experiments import reproduce
 from experiments import train_lib
 from experiments.configs import cifar_lt
@@ -125,16 +125,16 @@ def _one_step(config, workdir):
 def fake_cifar(monkeypatch):
   """CIFAR-10/100 arrays without TFDS: 100 training images per class (so rho = 100 leaves 1 in the tail class) and
   1 test image per class. The TFDS path itself is covered by tests/test_train.py (tfds.testing.mock_data)."""
-  def load(name, tfds_name, data_dir, download, looked_in):
-    del name, data_dir, download, looked_in
-    num_classes = {"cifar10": 10, "cifar100": 100}[tfds_name]
+  def load(name, data_dir, download, looked_in):
+    del data_dir, download, looked_in
+    num_classes = {"cifar10_lt": 10, "cifar100_lt": 100}[name]
     rng = np.random.default_rng(0)
 
     def split(per_class):
       labels = np.repeat(np.arange(num_classes), per_class)
       return rng.integers(0, 256, (labels.size, 32, 32, 3), dtype=np.uint8), labels.astype(np.int64)
     return {"train": split(100), "test": split(1)}, [f"class_{c}" for c in range(num_classes)]
-  monkeypatch.setattr(input_pipeline, "_load_tfds", load)
+  monkeypatch.setattr(data_files, "tfds_arrays", load)
 
 
 @pytest.mark.parametrize("preset", sorted(cifar_lt.presets()))
@@ -301,7 +301,8 @@ def test_run_all_skips_finished_runs_and_survives_a_failure(fashion_dir, tmp_pat
   grid = grids.get_grid("fashion_mnist_lt")
   runs = [r for r in grid.runs((0,)) if r.row in ("ce", "topk_hinge") and r.setting == "exp100"][:2]
   runs = [dataclasses.replace(r, config=_tiny_fashion(r.config, fashion_dir)) for r in runs]
-  broken = dataclasses.replace(runs[1], name="broken", config=runs[1].config.replace(data_dir=str(tmp_path / "none")))
+  broken = dataclasses.replace(runs[1], name="broken", config=runs[1].config.replace(data_dir=str(tmp_path / "none"),
+                                                                                    tfds_download=False))
   root = str(tmp_path / "root")
   assert reproduce.run_all(runs + [broken], root) == ["broken"]
   assert "broken FAILED: DatasetNotFoundError" in capsys.readouterr().out
