@@ -28,6 +28,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 import noised_topk_jax as ntk  # pylint: disable=wrong-import-position
 from experiments import config as config_lib  # pylint: disable=wrong-import-position
+from experiments import input_pipeline  # pylint: disable=wrong-import-position
 from experiments import train_lib  # pylint: disable=wrong-import-position
 
 PRESETS = {
@@ -86,7 +87,7 @@ class _Trainer:
     rng = np.random.default_rng(0)
     batch = {"image": rng.standard_normal((preset["batch_size"],) + dataset.image_shape).astype(np.float32),
              "label": rng.integers(0, dataset.num_classes, preset["batch_size"]).astype(np.int32)}
-    sharded = train_lib.shard(batch, devices)
+    sharded = input_pipeline.shard(batch, devices)
     # On the devices once, so that the timed steps do not include the host-to-device copy of the images.
     self.batch = jax.pmap(lambda x: x)(sharded)
     self.rng = jax.random.key(1)

@@ -27,6 +27,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from experiments import config as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import configs  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import input_pipeline  # pylint: disable=g-import-not-at-top,wrong-import-position
 from experiments import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 PRESETS = ("fmnist_exp100_ce", "fmnist_exp100_noised_imbalanced_k2")
@@ -45,7 +46,7 @@ def per_step_losses(config, dataset, batches, num_devices):
   rng = jax.random.key(config.seed + 1)
   losses = []
   for batch in batches:
-    rstate, metrics = step(rstate, train_lib.shard(batch, num_devices), rng, weights)
+    rstate, metrics = step(rstate, input_pipeline.shard(batch, num_devices), rng, weights)
     losses.append(float(metrics["loss"][0]))
   return np.asarray(losses)
 

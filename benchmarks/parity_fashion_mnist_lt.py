@@ -438,7 +438,7 @@ def check_model_and_steps(dataset, tolerance=1e-4, steps=4):
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     twin.train()
     for step, batch in enumerate(batches):
-      rstate, _ = p_step(rstate, train_lib.shard(batch, jax.local_device_count()), jax.random.key(0), weights)
+      rstate, _ = p_step(rstate, input_pipeline.shard(batch, jax.local_device_count()), jax.random.key(0), weights)
       for group in optimizer.param_groups:
         group["lr"] = torch_parity.learning_rate_at_epoch(config, step // 2)
       loss = loss_fn(twin(torch_parity.nchw(batch["image"])),

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from experiments import image_folder
-from experiments import synthetic_lt
+from experiments import synthetic_lt_spec
 from experiments import weights_format
 
 DATASETS = ("fashion_mnist_lt", "cifar10_lt", "cifar100_lt", "plantnet300k", "image_folder", "synthetic_lt")
@@ -35,7 +35,7 @@ SCALED_LOSSES = ("ldam", "mm", "mm_ldam", "noised_imbalanced")
 DEFAULT_TAU = {"smooth_svm": 0.1, "logit_adjusted": 1.0, "vs": 1.0}
 TRAIN_RULES = ("none", "reweight", "drw", "resample")
 MODELS = ("cnn", "resnet32", "resnet18", "resnet50", "mlp")
-_SPEC = synthetic_lt.SyntheticSpec()
+_SPEC = synthetic_lt_spec.SyntheticSpec()
 MODEL_SELECTIONS = ("auto", "val_macro_topk", "best_test_epoch", "last_epoch")
 
 # Which losses read which hyperparameter: setting one for a loss that ignores it is an error, not a silent no-op.
@@ -166,7 +166,7 @@ def validate(config: Config, *, explicitly_set=()) -> Config:
   _one_of(config, "model_selection", MODEL_SELECTIONS)
   from noised_topk_jax import imbalance  # pylint: disable=g-import-not-at-top  (JAX: not at import, for --help)
   _one_of(config, "imbalance_profile",
-          synthetic_lt.PROFILES if config.dataset == "synthetic_lt" else imbalance.PROFILES)
+          synthetic_lt_spec.PROFILES if config.dataset == "synthetic_lt" else imbalance.PROFILES)
   _check_synthetic(config, explicitly_set)
   _check_pretraining(config, explicitly_set)
   _check_data(config, explicitly_set)
@@ -271,14 +271,14 @@ def _resolve_model_selection(config: Config) -> Config:
   return config.replace(model_selection=selection, selection_k=int(k))
 
 
-def synthetic_spec(config: Config) -> synthetic_lt.SyntheticSpec:
+def synthetic_spec(config: Config) -> synthetic_lt_spec.SyntheticSpec:
   """The generator settings of `config` (`dataset=synthetic_lt`)."""
-  return synthetic_lt.SyntheticSpec(
+  return synthetic_lt_spec.SyntheticSpec(
       num_classes=config.synthetic_num_classes, num_genera=config.synthetic_num_genera,
       latent_dim=config.synthetic_dim, genus_spread=config.synthetic_genus_spread,
       species_spread=config.synthetic_species_spread, max_count=config.synthetic_max_count,
       imbalance_profile=config.imbalance_profile, imbalance_ratio=config.imbalance_ratio,
-      validation_per_class=(synthetic_lt.SyntheticSpec.validation_per_class if config.validation_per_class is None
+      validation_per_class=(_SPEC.validation_per_class if config.validation_per_class is None
                             else config.validation_per_class),
       test_per_class=config.synthetic_test_per_class, map_layers=config.synthetic_map_layers,
       negative_slope=config.synthetic_negative_slope, seed=config.subset_seed)
@@ -290,7 +290,7 @@ def _check_synthetic(config, explicitly_set):
     if stray:
       raise ValueError(f"`{stray[0]}` is a setting of `dataset=synthetic_lt`, got dataset={config.dataset!r}.")
     return
-  spec = synthetic_lt.check_spec(synthetic_spec(config))
+  spec = synthetic_lt_spec.check_spec(synthetic_spec(config))
   if config.loss in LOSS_HYPERPARAMETERS["k"] and config.k >= spec.num_classes:
     raise ValueError(f"`k` must be < `synthetic_num_classes`={spec.num_classes} (the loss uses the (k+1)-th largest "
                      f"score), got k={config.k}.")

@@ -247,6 +247,21 @@ class Dataset:
       yield batch
 
 
+def shard(batch: dict, num_devices: int) -> dict:
+  """A batch's `[b, ...]` arrays as `[num_devices, b / num_devices, ...]`, for a function pmapped over the devices."""
+  return {name: x.reshape((num_devices, -1) + x.shape[1:]) for name, x in batch.items()}
+
+
+def check_labels(labels, num_classes: int, where: str = "this batch") -> np.ndarray:
+  """`labels` as int32, or a ValueError naming `where` if one lies outside `[0, num_classes)`: checked on the host,
+  since under jit an out-of-range label would be clamped silently."""
+  labels = np.asarray(labels)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found {bad.size} outside, e.g. {bad[:5]}.")
+  return labels.astype(np.int32)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # get_dataset
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,14 +344,6 @@ def get_dataset(name: str, *, data_dir: str | None = None, imbalance_profile: st
   return _cifar(name, data_dir, download, long_tail)
 
 
-def _check_labels(labels: np.ndarray, num_classes: int, where: str) -> np.ndarray:
-  labels = np.asarray(labels)
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    raise ValueError(f"{where}: labels must lie in [0, {num_classes}), found {bad.size} outside, e.g. {bad[:5]}.")
-  return labels.astype(np.int32)
-
-
 def _long_tailed_split(labels: np.ndarray, num_classes: int, *, profile: str, ratio: float, seed: int,
                        validation_per_class: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Indices of the long-tailed training subset and of a balanced validation split disjoint from it.
@@ -366,14 +373,14 @@ def _in_memory_dataset(name: str, class_names, train, evals: dict, *, long_tail:
   """`train`: (images, labels) of the full training split, long-tailed here; `evals`: split -> (images, labels)."""
   num_classes = len(class_names)
   images, labels = train
-  labels = _check_labels(labels, num_classes, f"{name} train")
+  labels = check_labels(labels, num_classes, f"{name} train")
   train_indices, validation_indices = _long_tailed_split(labels, num_classes,
                                                          validation_per_class=validation_per_class, **long_tail)
   sources = {}
   if validation_per_class:
     sources["val"] = _ArraySource(images[validation_indices], labels[validation_indices], mean=mean, std=std)
   for split, (split_images, split_labels) in evals.items():
-    sources[split] = _ArraySource(split_images, _check_labels(split_labels, num_classes, f"{name} {split}"),
+    sources[split] = _ArraySource(split_images, check_labels(split_labels, num_classes, f"{name} {split}"),
                                   mean=mean, std=std)
   train_labels = labels[train_indices]
   return Dataset(name=name, num_classes=num_classes, class_names=list(class_names),

@@ -37,6 +37,7 @@ import numpy as np
 
 import noised_topk_jax as ntk
 from experiments import config as config_lib
+from experiments import input_pipeline
 
 
 def probabilities_step(state, batch, scale, offsets, *, axis_name):
@@ -52,15 +53,13 @@ def probabilities_step(state, batch, scale, offsets, *, axis_name):
 def collect_probabilities(p_step, rstate, dataset, split, *, config, num_local_devices, posthoc_offsets=None):
   """`(probs [N, L] float32, labels [N])` of every example of `split` (padding dropped), on the host; `p_step` is
   `probabilities_step` pmapped with `in_axes=(0, 0, None, None)`."""
-  # Imported here, not at the top: train_lib imports this module.
-  from experiments import train_lib  # pylint: disable=g-import-not-at-top
   scale = jnp.float32(config_lib.logit_scale(config))
   offsets = jnp.zeros((dataset.num_classes,), jnp.float32) if posthoc_offsets is None else posthoc_offsets
   probs, labels = [], []
   for batch in dataset.eval_batches(split, batch_size=config.eval_batch_size, process_index=jax.process_index(),
                                     process_count=jax.process_count()):
-    train_lib.check_labels(batch["label"][batch["mask"] > 0], dataset.num_classes)
-    out = p_step(rstate, train_lib.shard(batch, num_local_devices), scale, offsets)
+    input_pipeline.check_labels(batch["label"][batch["mask"] > 0], dataset.num_classes)
+    out = p_step(rstate, input_pipeline.shard(batch, num_local_devices), scale, offsets)
     out = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], out)  # the first device's copy
     keep = out["mask"] > 0
     probs.append(out["probs"][keep])

@@ -239,19 +239,6 @@ def unreplicate(tree):
   return jax.tree.map(first, tree)
 
 
-def shard(batch, num_devices):
-  """[b, ...] host arrays -> [num_devices, b / num_devices, ...]."""
-  return jax.tree.map(lambda x: x.reshape((num_devices, -1) + x.shape[1:]), batch)
-
-
-def check_labels(labels, num_classes):
-  """Host-side label range check: under jit an out-of-range label would be clamped silently."""
-  labels = np.asarray(labels)
-  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-    raise ValueError(f"Labels must be in [0, {num_classes}); this batch has labels in "
-                     f"[{labels.min()}, {labels.max()}].")
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Evaluation over a split.
 
@@ -260,8 +247,8 @@ def evaluate(p_eval_step, state, dataset, split, *, config, num_local_devices):
   counts = None
   for batch in dataset.eval_batches(split, batch_size=config.eval_batch_size,
                                     process_index=jax.process_index(), process_count=jax.process_count()):
-    check_labels(batch["label"][batch["mask"] > 0], dataset.num_classes)
-    out = p_eval_step(state, shard(batch, num_local_devices))
+    input_pipeline.check_labels(batch["label"][batch["mask"] > 0], dataset.num_classes)
+    out = p_eval_step(state, input_pipeline.shard(batch, num_local_devices))
     out = jax.tree.map(lambda x: np.asarray(x[0], np.float64), out)
     counts = out if counts is None else jax.tree.map(np.add, counts, out)
   metrics, per_class = {}, {}
@@ -301,7 +288,7 @@ def evaluate_train_fit(p_eval_step, state, dataset: input_pipeline.Dataset, *, c
   correct = total = None
   for batch in dataset.train_eval_batches(batch_size=config.eval_batch_size, indices=indices,
                                           process_index=jax.process_index(), process_count=jax.process_count()):
-    out = p_eval_step(state, shard(batch, num_local_devices))[1]
+    out = p_eval_step(state, input_pipeline.shard(batch, num_local_devices))[1]
     c, t = (np.asarray(x[0], np.float64) for x in out)
     correct, total = (c, t) if correct is None else (correct + c, total + t)
   accuracy, macro, _ = ntk.accuracies_from_counts(correct, total)
@@ -467,8 +454,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     for i, batch in enumerate(batches):
       if i >= steps_per_epoch:
         break
-      check_labels(batch["label"], dataset.num_classes)
-      rstate, metrics = p_train_step(rstate, shard(batch, num_local_devices), rng, class_weights)
+      input_pipeline.check_labels(batch["label"], dataset.num_classes)
+      rstate, metrics = p_train_step(rstate, input_pipeline.shard(batch, num_local_devices), rng, class_weights)
       train_metrics.append(metrics)
       if (i + 1) % config.log_every_steps == 0:
         m = jax.tree.map(lambda x: float(x[0]), metrics)

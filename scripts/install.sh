@@ -3,7 +3,9 @@
 # where apt-get is available with root rights, real Fashion-MNIST from Debian's dataset-fashion-mnist package.
 # Elsewhere (macOS, no root, another Linux) the trainer downloads Fashion-MNIST through TFDS on first use.
 # The environment does not see the machine's site-packages, so what passes here passes for a new user: a package the
-# machine happens to have (torch, say) cannot leak into the tests. NTK_VENV moves it (default: .venv).
+# machine happens to have (torch, say) cannot leak into the tests. NTK_VENV moves it (default: .venv);
+# NTK_REQUIREMENTS names more requirement files installed with requirements.txt (CI's torch environment:
+# NTK_VENV=.venv-torch NTK_REQUIREMENTS=benchmarks/requirements.txt).
 # Prints the Python interpreter to use on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,11 @@ if [[ ! -x $VENV/bin/python ]]; then
   fi
   "$VENV/bin/python" -m pip install -q --upgrade pip >&2
 fi
-"$VENV/bin/python" -m pip install -q -r requirements.txt >&2
+REQUIREMENTS=(-r requirements.txt)
+for extra in ${NTK_REQUIREMENTS:-}; do
+  REQUIREMENTS+=(-r "$extra")
+done
+"$VENV/bin/python" -m pip install -q "${REQUIREMENTS[@]}" >&2
 
 if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
   if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then

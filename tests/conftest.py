@@ -1,7 +1,12 @@
 """Test-session setup shared by every test module.
 
 Two forced host devices let the pmap tests run on a CPU-only machine; the flag must be set before JAX initialises
-its backend, which is why it lives here and not in the individual tests.
+its backend, which is why it lives here and not in the individual tests. It replaces any device count inherited
+through XLA_FLAGS, so that the `two_devices` tests always see two devices (and assert it, rather than skip).
+
+The markers (pyproject.toml): `slow` (trainings, subprocesses, end to end; `-m "not slow"` is the inner loop),
+`two_devices`, `torch` (skipped without PyTorch; `-m torch` where torch is missing is an error, so that the run
+made for them cannot pass by skipping them all). docs/testing.md describes the tiers.
 
 `--without=torch,matplotlib,...` makes those packages unimportable in the tests and in every process they start, so
 the suite can be checked as it runs on a machine without them (tests that need one skip, naming it):
@@ -16,10 +21,12 @@ import tempfile
 import pytest
 
 from tests import fake_data
+from tests import optional
 
-_FLAG = "--xla_force_host_platform_device_count=2"
-if _FLAG.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+_DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
+os.environ["XLA_FLAGS"] = " ".join(
+    [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_COUNT_FLAG + "=")]
+    + [f"{_DEVICE_COUNT_FLAG}=2"])
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # A persistent XLA compilation cache shared by the test processes (pytest-xdist workers and the binaries the tests
@@ -35,8 +42,15 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-  config.addinivalue_line("markers", "two_devices: needs two JAX devices (two forced host devices on a CPU); "
-                          "scripts/device_check.py deselects these on a one-accelerator machine")
+  _hide(config)
+  if config.getoption("markexpr").strip() == "torch" and not optional.available("torch"):
+    raise pytest.UsageError(
+        f"-m torch: torch cannot be imported by {sys.executable}. The torch tests run in their own environment: "
+        "NTK_VENV=.venv-torch NTK_REQUIREMENTS=benchmarks/requirements.txt bash scripts/test.sh -m torch")
+
+
+def _hide(config):
+  """Makes the packages named by `--without` unimportable here and in every process the tests start."""
   names = [n.strip() for n in config.getoption("--without").split(",") if n.strip()]
   if not names:
     return
@@ -52,6 +66,25 @@ def pytest_configure(config):
   sys.path.insert(0, shadow)
   os.environ["NTK_TEST_WITHOUT"] = ",".join(names)  # read by tests/optional.py
   os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [shadow, os.environ.get("PYTHONPATH")]))
+
+
+def pytest_collection_modifyitems(config, items):
+  if optional.available("torch"):
+    return
+  skip = pytest.mark.skip(reason="needs torch (optional; CI runs these in .venv-torch: docs/testing.md)")
+  for item in items:
+    if item.get_closest_marker("torch"):
+      item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _two_devices(request):
+  """A `two_devices` test fails, never skips, without the two devices this file forces."""
+  if request.node.get_closest_marker("two_devices"):
+    import jax  # pylint: disable=g-import-not-at-top
+    assert jax.device_count() == 2, (f"a two_devices test sees {jax.devices()}; tests/conftest.py forces two host "
+                                     "devices on a CPU (deselect these on one accelerator: -m 'not two_devices')")
+  yield
 
 
 @pytest.fixture(scope="module")

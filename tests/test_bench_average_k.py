@@ -3,9 +3,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_bench_average_k_runs_and_its_thresholds_agree():
   proc = subprocess.run([sys.executable, "benchmarks/bench_average_k.py", "--no-write", "--rounds", "1",
                          "--shapes", "300,50"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)

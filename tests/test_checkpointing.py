@@ -18,14 +18,15 @@ import pytest
 
 from experiments import checkpointing
 from experiments import config as config_lib
-from experiments import configs
 from experiments import train_lib
+from tests import shared_runs
+from tests.shared_runs import finished_fashion_run  # pylint: disable=unused-import
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(data_dir, **changes):
-  """The 3-epoch CE run of tests/test_train.py, cut to 2 steps an epoch."""
+  """A 3-epoch CE run of 2 steps an epoch (the state of the unit-level tests below)."""
   base = config_lib.Config(
       dataset="fashion_mnist_lt", data_dir=data_dir, imbalance_ratio=10.0, validation_per_class=6, epochs=3,
       batch_size=32, eval_batch_size=40, learning_rate=0.05, warmup_epochs=1, lr_decay_epochs=(1,),
@@ -56,11 +57,12 @@ def _without_timing(results):
   return {k: v for k, v in results.items() if k != "train_seconds"}
 
 
-def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one_with_the_same_results(fashion_dir, tmp_path,
-                                                                                        caplog):
-  config = tiny_config(fashion_dir)
-  workdir = str(tmp_path)
-  straight = train_lib.train_and_evaluate(config, workdir)
+@pytest.mark.slow
+def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one_with_the_same_results(finished_fashion_run,
+                                                                                        tmp_path, caplog):
+  # The shared default job (3 epochs), copied: its checkpoints of epochs 2 and 3 (folders 1/ and 2/).
+  run = shared_runs.copy_run(finished_fashion_run, str(tmp_path / "run"))
+  config, workdir, straight = run.config, run.workdir, run.results
   ckpt = os.path.join(workdir, "checkpoints")
   assert sorted(os.listdir(ckpt)) == ["1", "2", "config.json"]
   # The report of issue 18: three data files of the newest checkpoint overwritten with random bytes.
@@ -91,34 +93,31 @@ def test_a_corrupt_newest_checkpoint_resumes_from_the_previous_one_with_the_same
   assert again["test"] == straight["test"] and again["history"] == straight["history"]
 
 
-def _cli(*args, timeout=300):
+def _cli(*args, timeout=shared_runs.SUBPROCESS_TIMEOUT_S):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, capture_output=True, text=True,
                         env=env, timeout=timeout)
 
 
-def test_the_binary_fails_in_one_line_when_no_checkpoint_restores(fashion_dir, tmp_path):
-  flags = {"data_dir": fashion_dir, "imbalance_ratio": 10.0, "validation_per_class": 6, "epochs": 2,
-           "batch_size": 32, "eval_batch_size": 40, "lr_decay_epochs": (1,), "warmup_epochs": 1,
-           "max_steps_per_epoch": 1}
-  # The checkpoints of `python -m experiments.train <flags>`, written in-process (a second binary run is slower).
-  train_lib.train_and_evaluate(configs.get_preset("default").config.replace(**flags), str(tmp_path))
-  ckpt = os.path.join(str(tmp_path), "checkpoints")
-  for step in ("0", "1"):
+@pytest.mark.slow
+def test_the_binary_fails_in_one_line_when_no_checkpoint_restores(finished_fashion_run, tmp_path):
+  # The checkpoints of `python -m experiments.train <flags>`: the shared default job's, written in-process, copied.
+  run = shared_runs.copy_run(finished_fashion_run, str(tmp_path / "run"))
+  ckpt = os.path.join(run.workdir, "checkpoints")
+  for step in ("1", "2"):
     for path in _data_files(os.path.join(ckpt, step)):
       _random_bytes(path)
   before = {p: open(p, "rb").read() for p in _files(ckpt)}
 
-  args = [f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}" for k, v in flags.items()]
-  out = _cli(*args, f"--workdir={tmp_path}")
+  out = _cli(*shared_runs.binary_flags(run.data_dir), f"--workdir={run.workdir}")
   assert out.returncode == 1, out.stderr[-3000:]
   errors = [line for line in out.stderr.splitlines() if line.startswith("experiments.train: error:")]
   assert len(errors) == 1, out.stderr[-3000:]
   assert f"No checkpoint in {ckpt} can be restored" in errors[0] and "Delete that directory" in errors[0]
   assert "--workdir" in errors[0]
   # The warnings name each folder; no traceback (the binary's or TensorStore's late callbacks) buries them.
+  assert f"{os.path.join(ckpt, '2')} cannot be restored" in out.stderr
   assert f"{os.path.join(ckpt, '1')} cannot be restored" in out.stderr
-  assert f"{os.path.join(ckpt, '0')} cannot be restored" in out.stderr
   assert "Traceback" not in out.stderr, out.stderr[-3000:]
   # Nothing moved or changed.
   assert {p: open(p, "rb").read() for p in _files(ckpt)} == before

@@ -9,7 +9,6 @@ import pytest
 
 from experiments import reporting
 from tests import fake_data
-from tests import optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ("environment", "library tests", "train step, ResNet-32", "default job")
@@ -36,11 +35,9 @@ def test_steps_keep_their_order_with_and_without_torch(torch):
   assert skipped == [not torch] * len(torch_steps)
 
 
-@pytest.mark.parametrize("torch", ["hidden", "installed"])
+@pytest.mark.slow
+@pytest.mark.parametrize("torch", ["hidden", pytest.param("installed", marks=pytest.mark.torch)])
 def test_device_check_tiny_mode_runs_every_step(tmp_path, torch):
-  if torch == "installed" and not optional.available("torch"):
-    pytest.skip("torch is not installed here: the check's with-torch path runs where it is "
-                "(pip install torch==2.13.0)")
   out = tmp_path / "check.md"
   env = dict(os.environ)
   env.pop("XLA_FLAGS", None)  # the check runs on the machine's own devices, as on an accelerator

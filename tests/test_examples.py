@@ -11,13 +11,15 @@ import sys
 
 import pytest
 
+from tests import shared_runs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = ("nnx_noised_topk", "linen_optax_trainstate", "swap_in_noised_loss")
 LOSS_LINE = re.compile(r"loss: first \d+ steps ([\d.]+) -> last \d+ steps ([\d.]+)")
 ACCURACY_LINE = re.compile(r"test top-(\d) ([\d.]+)%")
 
 
-def run_example(name, *args, python=sys.executable, cwd=REPO, env=None, timeout=300):
+def run_example(name, *args, python=sys.executable, cwd=REPO, env=None, timeout=shared_runs.SUBPROCESS_TIMEOUT_S):
   """Runs examples/NAME.py with `args`; returns its stdout (fails the test with the output on error)."""
   if env is None:
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -42,6 +44,7 @@ def check_learning(output, *, runs=1):
     assert float(top2) >= float(top1), output
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_example_runs_and_learns(name):
   output = run_example(name, "--tiny")

@@ -13,6 +13,7 @@ from experiments import image_folder
 from experiments import input_pipeline as ip
 from tests import fake_data
 from tests import optional
+from tests import shared_runs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Imbalanced like a long tail; the names sort differently from their insertion order (upper case first).
@@ -184,6 +185,7 @@ def test_an_image_that_fails_to_decode_is_named_when_read(tmp_path):
 # ---- end to end -------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @optional.needs_tensorflow
 @pytest.mark.parametrize("loss,train_rule,with_val", [("ce", "none", True), ("noised_imbalanced", "drw", False)])
 def test_image_folder_trains_end_to_end_and_names_its_classes(tmp_path, loss, train_rule, with_val):
@@ -221,12 +223,14 @@ def test_image_folder_trains_end_to_end_and_names_its_classes(tmp_path, loss, tr
     assert os.path.getsize(os.path.join(workdir, "per_class_accuracy.png")) > 0
 
 
+@pytest.mark.slow
 def test_the_binary_reports_a_bad_tree_in_one_line(tmp_path):
   expected = _bad_tree(tmp_path / "images", break_it=_empty_training_class)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
   out = subprocess.run([sys.executable, "-m", "experiments.train", "--dataset=image_folder",
                         f"--data_dir={tmp_path / 'images'}", f"--workdir={tmp_path / 'workdir'}"], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=600, check=False)
+                       env=env, capture_output=True, text=True, timeout=shared_runs.SUBPROCESS_TIMEOUT_S,
+                       check=False)
   assert out.returncode == 1, out.stderr[-3000:]
   assert "Traceback" not in out.stderr, out.stderr[-3000:]
   errors = [line for line in out.stderr.splitlines() if line.startswith("experiments.train: error:")]

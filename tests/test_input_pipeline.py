@@ -292,6 +292,17 @@ def test_fashion_labels_out_of_range_are_rejected(tmp_path):
     ip.get_dataset("fashion_mnist_lt", data_dir=str(tmp_path), imbalance_ratio=2, validation_per_class=0)
 
 
+def test_shard_gives_each_device_a_consecutive_block_and_labels_are_checked_on_the_host():
+  batch = {"image": np.arange(48, dtype=np.float32).reshape(6, 2, 2, 2), "label": np.arange(6, dtype=np.int32)}
+  sharded = ip.shard(batch, 3)
+  assert sharded["image"].shape == (3, 2, 2, 2, 2)
+  np.testing.assert_array_equal(sharded["label"], [[0, 1], [2, 3], [4, 5]])
+  np.testing.assert_array_equal(sharded["image"].reshape(batch["image"].shape), batch["image"])
+  with pytest.raises(ValueError, match=r"this batch: labels must lie in \[0, 10\), found 2 outside, e\.g\. \[-1 10\]"):
+    ip.check_labels(np.array([0, -1, 3, 10]), 10)
+  assert ip.check_labels(np.array([0, 9], np.int64), 10).dtype == np.int32
+
+
 def test_get_dataset_validates_arguments(fashion):
   _, _, directory = fashion
   cases = [

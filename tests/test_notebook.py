@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+from tests import shared_runs
+
 # Listed in requirements.txt; a machine without them skips these tests, naming the package.
 nbformat = pytest.importorskip("nbformat", exc_type=ImportError)
 nbclient = pytest.importorskip("nbclient", exc_type=ImportError)
@@ -39,12 +41,16 @@ def test_notebook_is_clean_and_states_tpu_differences():
   assert REPO not in nbformat.writes(nb)
 
 
+@pytest.mark.slow
 def test_notebook_executes_in_smoke_mode(monkeypatch):
   pytest.importorskip("matplotlib", exc_type=ImportError)  # the notebook plots per-class accuracy
   monkeypatch.setenv("NTK_NOTEBOOK_SMOKE", "1")
   monkeypatch.delenv("PYTHONPATH", raising=False)  # the notebook must find the checkout by itself
   nb = nbformat.read(NOTEBOOK, as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+  # The timeout of each cell and of the kernel's start: a guard against a hang, not a limit on a busy machine.
+  client = nbclient.NotebookClient(nb, timeout=shared_runs.SUBPROCESS_TIMEOUT_S,
+                                   startup_timeout=shared_runs.SUBPROCESS_TIMEOUT_S, iopub_timeout=60,
+                                   kernel_name="python3",
                                    resources={"metadata": {"path": os.path.join(REPO, "notebooks")}})
   client.execute()  # raises CellExecutionError, with the failing cell's traceback, on any error
 

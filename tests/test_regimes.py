@@ -20,6 +20,7 @@ from experiments import synthetic_lt as S
 from experiments import train_lib
 from experiments.configs import fashion_mnist_lt as fashion_configs
 from experiments.configs import synthetic_lt as synth_configs
+from tests import shared_runs
 from tests import test_reproduce
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,6 +81,7 @@ def test_balanced_draw_rejects_bad_arguments(data, kwargs, name):
 # --- The pretraining and its cache -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_pretraining_is_deterministic_and_a_cache_hit_returns_the_same_weights(data, tmp_path):
   config = _tiny()
   first = pretraining.hidden_layers(config, data, str(tmp_path / "a" / "run"))
@@ -104,6 +106,7 @@ def test_pretraining_is_deterministic_and_a_cache_hit_returns_the_same_weights(d
   assert not np.array_equal(again.arrays["params/dense1/kernel"], first.arrays["params/dense1/kernel"])
 
 
+@pytest.mark.slow
 def test_pretraining_learns_the_classes():
   # Separable classes (far-apart genera of one class each): the balanced draw is learned, far above chance (10 %).
   config = _tiny(synthetic_num_genera=10, synthetic_genus_spread=4.0, pretrain_examples_per_class=50,
@@ -132,6 +135,7 @@ def _corrupt(path, how, config, data, tmp_path):
     os.replace(other.record["path"], path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["truncated", "garbage", "altered_array", "other_settings"])
 def test_a_damaged_cache_file_is_recomputed_not_used(data, tmp_path, how):
   config = _tiny()
@@ -159,6 +163,22 @@ print(pretraining.hidden_layers(config, data, sys.argv[1]).record["cache"], flus
 """
 
 
+def _wait_until_blocked_on_a_lock(pid):
+  """Returns once process `pid` waits for a file lock (Linux: a blocked request in /proc/locks reads `-> FLOCK ...
+  pid ...`). Elsewhere, or if the kernel does not show it, waits 2 s: the test then holds without proving the wait."""
+  deadline = time.monotonic() + shared_runs.SUBPROCESS_TIMEOUT_S  # a guard against a hang only
+  while time.monotonic() < deadline:
+    try:
+      with open("/proc/locks") as f:
+        if any(line.split()[1:2] == ["->"] and str(pid) in line.split() for line in f):
+          return
+    except OSError:
+      break
+    time.sleep(0.05)
+  time.sleep(2.0)
+
+
+@pytest.mark.slow
 def test_a_second_process_waits_for_the_first_ones_file(data, tmp_path):
   config = _tiny()
   workdir = str(tmp_path / "run")
@@ -167,13 +187,13 @@ def test_a_second_process_waits_for_the_first_ones_file(data, tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", _WAITER, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
       assert proc.stdout.readline().strip() == "ready"
-      time.sleep(2.0)  # the other process now reaches the lock and waits
+      _wait_until_blocked_on_a_lock(proc.pid)  # the other process now waits for this one's lock
       assert proc.poll() is None and not os.path.exists(path)
       pretraining.write_cache(path, pretraining.pretrain_hidden_layers(config, data), pretraining.settings(config))
     except BaseException:
       proc.kill()
       raise
-  out, _ = proc.communicate(timeout=300)
+  out, _ = proc.communicate(timeout=shared_runs.SUBPROCESS_TIMEOUT_S)
   assert proc.returncode == 0 and out.strip() == "hit"  # it read this process's file instead of computing its own
 
 
@@ -214,6 +234,7 @@ def test_writing_the_cache_is_atomic(data, tmp_path, monkeypatch):
 # --- Fine-tuning from the pretrained hidden layers ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("normalized_head", [False, True])
 def test_fine_tuning_starts_from_the_pretrained_hidden_layers_and_a_fresh_head(data, tmp_path, normalized_head):
   config = _tiny(normalized_head=normalized_head)
@@ -262,6 +283,7 @@ def test_pretrained_layers_of_other_widths_fail_naming_the_keys(data, tmp_path):
     train_lib.create_train_state(other, train_lib.load_dataset(other), 4, pretrained)
 
 
+@pytest.mark.slow
 def test_runs_record_the_pretraining_and_a_cached_run_equals_a_fresh_one(tmp_path):
   config = _tiny(epochs=2)
   first = train_lib.train_and_evaluate(config, str(tmp_path / "a" / "ce"))
@@ -283,6 +305,7 @@ def test_runs_record_the_pretraining_and_a_cached_run_equals_a_fresh_one(tmp_pat
   assert scratch["pretraining"] is None and scratch["history"] != first["history"]
 
 
+@pytest.mark.slow
 def test_an_explicit_cache_dir_is_used_and_a_restart_may_change_it(tmp_path):
   config = _tiny(pretrain_cache_dir=str(tmp_path / "cache"))
   results = train_lib.train_and_evaluate(config, str(tmp_path / "run"))
@@ -293,6 +316,7 @@ def test_an_explicit_cache_dir_is_used_and_a_restart_may_change_it(tmp_path):
   assert moved["pretraining"]["cache"] == "computed" and moved["test"] == results["test"]
 
 
+@pytest.mark.slow
 def test_the_binary_pretrains_from_its_flags_and_prints_the_pretraining(tmp_path):
   args = ["--config=synth_lt100_pre_ldam_drw", "--synthetic_num_classes=12", "--synthetic_num_genera=3",
           "--synthetic_max_count=60", "--imbalance_ratio=10", "--synthetic_test_per_class=10",
@@ -300,7 +324,7 @@ def test_the_binary_pretrains_from_its_flags_and_prints_the_pretraining(tmp_path
           "--eval_batch_size=40", "--pretrain_examples_per_class=10", "--pretrain_epochs=2",
           f"--workdir={tmp_path / 'root' / 'run'}"]
   out = subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, check=False)
+                       timeout=shared_runs.SUBPROCESS_TIMEOUT_S, check=False)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "root" / "run" / "results.json") as f:
     record = json.load(f)["pretraining"]
@@ -399,10 +423,12 @@ def test_regime_grids_list_every_method_and_reuse_the_synthetic_table(grid_name,
   assert grid.notes[0].startswith(f"- Protocol ({regime} regime)") and grid.notes[1:] == base.notes[1:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("grid_name", ["synthetic_lt_fit", "synthetic_lt_pretrained"])
 def test_dry_run_lists_the_regime_grid_and_its_commands_rebuild_the_configs(grid_name):
   proc = subprocess.run([sys.executable, "-m", "experiments.reproduce", f"--grid={grid_name}", "--dry_run",
-                         "--workdir_root=/nonexistent_root"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         "--workdir_root=/nonexistent_root"], cwd=REPO, capture_output=True, text=True,
+                        timeout=shared_runs.SUBPROCESS_TIMEOUT_S,
                         check=False)
   assert proc.returncode == 0, proc.stderr
   lines = proc.stdout.strip().splitlines()

@@ -92,6 +92,7 @@ def _cli(*args):
                         text=True, timeout=300, check=False)
 
 
+@pytest.mark.slow
 def test_the_command_writes_every_file_and_check_finds_stale_ones(tmp_path):
   pytest.importorskip("matplotlib")
   _tiny_grid(tmp_path)
