@@ -418,7 +418,9 @@ def test_smooth_topk_svm_hard_branch_on_ties_has_the_value_and_a_subgradient():
   # of them (the two sums of the released formula cancel on the other) and -1/2 on y.
   logits = jnp.asarray([[5.0, 5.0, 0.0, 0.0, 0.0]], jnp.float32)
   labels = jnp.asarray([4])
-  value, grad = jax.value_and_grad(lambda s: ntk.smooth_topk_svm_loss(s, labels, k=2, tau=0.1).sum())(logits)
+  # Jitted (6 s op by op; test_smooth_topk_svm runs the eager path).
+  value, grad = jax.jit(jax.value_and_grad(lambda s: ntk.smooth_topk_svm_loss(s, labels, k=2, tau=0.1).sum()))(
+      logits)
   np.testing.assert_allclose(value, 3.5, rtol=1e-6)
   grad = np.asarray(grad)[0]
   np.testing.assert_allclose(np.sort(grad[:2]), [0.0, 0.5], atol=1e-7)

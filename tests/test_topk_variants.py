@@ -97,13 +97,16 @@ def test_select_kth_indices_identical(num_classes, k, kind):
     np.testing.assert_array_equal(np.asarray(got[variant]), want, err_msg=variant)
 
 
-# Eager calls once; the rest under jit (the operators are the same functions either way).
+# Eager calls once, on the small shape (5 s op by op at 1081 classes); the rest under jit (the operators are the same
+# functions either way).
 JIT_CASES = [pytest.param(dtype, True, id=f"{jnp.dtype(dtype).name}-jit") for dtype in (jnp.float32, jnp.bfloat16)]
+KTH_CASES = [pytest.param(num_classes, k, dtype, True, id=f"{num_classes}-{k}-{jnp.dtype(dtype).name}-jit")
+             for num_classes, k in [(10, 3), (1081, 6)] for dtype in (jnp.float32, jnp.bfloat16)]
+KTH_CASES.append(pytest.param(10, 3, jnp.float32, False, id="10-3-float32-eager"))
 JIT_CASES.append(pytest.param(jnp.float32, False, id="float32-eager"))
 
 
-@pytest.mark.parametrize("dtype,use_jit", JIT_CASES)
-@pytest.mark.parametrize("num_classes,k", [(10, 3), (1081, 6)])
+@pytest.mark.parametrize("num_classes,k,dtype,use_jit", KTH_CASES)
 def test_kth_largest_values_and_gradients_identical(num_classes, k, dtype, use_jit):
   shape = (5, num_classes)
   for scores in (_random(shape, k), _tied(shape, num_classes)):
@@ -157,6 +160,10 @@ def test_tournament_adversarial_rows(k):
   np.testing.assert_array_equal(np.asarray(got), want)
 
 
+# Jitted: op by op, the tournament's Python loop over levels takes 2-4 s a case; the eager path is the same code.
+_select_kth_jit = jax.jit(_selection._select_kth, static_argnums=(1, 2))
+
+
 @pytest.mark.parametrize("num_classes,k", [(3, 1), (48, 6), (49, 6), (100, 6), (1081, 2), (1081, 6), (5000, 12)])
 def test_tournament_layout(num_classes, k):
   size, levels = _selection._tournament_layout(num_classes, k)
@@ -165,7 +172,7 @@ def test_tournament_layout(num_classes, k):
   assert all(b == -(-a // size) for a, b in zip(levels, levels[1:]))
   x = _random((2, num_classes), 1)
   want = np.argsort(-x, axis=-1, kind="stable")[..., k - 1]
-  np.testing.assert_array_equal(np.asarray(_selection._select_kth(jnp.asarray(x), k, "tournament")), want)
+  np.testing.assert_array_equal(np.asarray(_select_kth_jit(jnp.asarray(x), k, "tournament")), want)
 
 
 @pytest.mark.parametrize("num_classes,k", [(20, 13), (100, 50), (100, 100), (1081, 40), (1081, 300)])
@@ -177,7 +184,7 @@ def test_tournament_large_k_uses_chunks_and_passes(num_classes, k):
     assert groups > k and k * size < num_classes and groups == -(-num_classes // size)
   x = _tied((2, num_classes), k)
   want = np.argsort(-x, axis=-1, kind="stable")[..., k - 1]
-  np.testing.assert_array_equal(np.asarray(_selection._select_kth(jnp.asarray(x), k, "tournament")), want)
+  np.testing.assert_array_equal(np.asarray(_select_kth_jit(jnp.asarray(x), k, "tournament")), want)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -473,13 +473,33 @@ def test_every_preset_validates_and_names_its_command():
     assert preset.command.startswith(f"python -m experiments.train --config={name}")
 
 
+def _main_in_process(capsys, *args):
+  """Runs the binary's main() with `args` in this process (a subprocess costs 2 s of imports); returns its exit
+  status (None when it returns) and the captured output. The real command line, the flag parser's own errors
+  included: test_bad_flags_fail_at_start_on_the_command_line."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top  (defines the flags)
+  capsys.readouterr()
+  code = None
+  verbosity, filters = logging.get_verbosity(), list(logging.get_absl_handler().filters)
+  try:
+    train.FLAGS(["experiments.train", *args])
+    try:
+      train.main(["experiments.train"])
+    except SystemExit as e:
+      code = e.code
+  finally:  # main() sets the flags, the log level and a log filter of the process: restored for the next test
+    train.FLAGS.unparse_flags()
+    logging.set_verbosity(verbosity)
+    logging.get_absl_handler().filters[:] = filters
+  return code, capsys.readouterr()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--loss=ce", "--epsilon=0.5"], "`epsilon` is not used by `loss=ce`"),
     (["--loss=nope"], "`loss` must be one of"),
     (["--train_rule=drw", "--drw_start_epoch=50"], "drw_start_epoch"),
     (["--config=no_such_preset"], "Unknown `config` preset"),
-    (["--eval_ks=1,x"], "eval_ks"),
-    (["--no_such_flag=1"], "no_such_flag"),
     (["--loss=ce", "--tau=1"], "`tau` is not used by `loss=ce`"),
     (["--loss=smooth_svm", "--tau=0"], "`tau` must be a finite number > 0"),
     (["--loss=logit_adjusted", "--tau=-1"], "`tau` must be a finite number >= 0"),
@@ -495,31 +515,43 @@ def test_every_preset_validates_and_names_its_command():
     (["--dataset=image_folder", "--data_dir=x", "--imbalance_ratio=10"],
      "`imbalance_ratio` is not used by dataset=image_folder"),
 ])
+def test_bad_flags_fail_at_start(args, message, tmp_path, capsys):
+  code, out = _main_in_process(capsys, f"--workdir={tmp_path / 'run'}", *args)
+  assert code in (1, 2)  # 2: the flags contradict each other; 1: found when the run starts
+  # The one message that matters, on one line, not a traceback or the whole flag listing.
+  error = [line for line in out.err.splitlines() if line.startswith("experiments.train: error: ")]
+  assert len(error) == 1 and message in error[0], out
+  assert "--weight_decay" not in out.err + out.out
+
+
 @pytest.mark.slow
-def test_bad_flags_fail_at_start(args, message):
+@pytest.mark.parametrize("args, message", [
+    (["--eval_ks=1,x"], "eval_ks"),  # the flag parser's error
+    (["--no_such_flag=1"], "no_such_flag"),
+    (["--loss=ce", "--epsilon=0.5"], "`epsilon` is not used by `loss=ce`"),  # the config's
+    (["--config=synth_lt100_noised_imbalanced_k5", "--k=100"], "`k` must be < `synthetic_num_classes`=100"),
+])
+def test_bad_flags_fail_at_start_on_the_command_line(args, message):
   out = _cli(*args)
   assert out.returncode != 0
   assert message in out.stderr + out.stdout
-  # The one message that matters, not a traceback or the whole flag listing.
   assert "Traceback" not in out.stderr and "--weight_decay" not in out.stderr + out.stdout
 
 
-@pytest.mark.slow
-def test_missing_dataset_prints_one_message(tmp_path):
+def test_missing_dataset_prints_one_message(tmp_path, capsys):
   # Without the download (on by default; tests/test_quickstart_download.py covers a failing one).
-  out = _cli("--dataset=cifar10_lt", f"--data_dir={tmp_path / 'nonexistent'}", "--loss=ce", "--normalized_head=false",
-             "--model=resnet32", "--tfds_download=false")
-  assert out.returncode == 1
-  assert "Traceback" not in out.stderr
-  error = [line for line in out.stderr.splitlines() if line.startswith("experiments.train: error:")]
+  code, out = _main_in_process(capsys, "--dataset=cifar10_lt", f"--data_dir={tmp_path / 'nonexistent'}", "--loss=ce",
+                               "--normalized_head=false", "--model=resnet32", "--tfds_download=false",
+                               f"--workdir={tmp_path / 'run'}")
+  assert code == 1
+  error = [line for line in out.err.splitlines() if line.startswith("experiments.train: error:")]
   assert len(error) == 1 and "Dataset 'cifar10_lt' not found" in error[0] and "How to get it" in error[0]
 
 
-@pytest.mark.slow
-def test_config_list_prints_every_preset():
-  out = _cli("--config=list")
-  assert out.returncode == 0
-  assert out.stdout.count("python -m experiments.train --config=") == len(configs.PRESETS)
+def test_config_list_prints_every_preset(capsys):
+  code, out = _main_in_process(capsys, "--config=list")
+  assert code is None
+  assert out.out.count("python -m experiments.train --config=") == len(configs.PRESETS)
 
 
 def _free_port():
