@@ -317,7 +317,9 @@ def test_an_explicit_cache_dir_is_used_and_a_restart_may_change_it(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_binary_pretrains_from_its_flags_and_prints_the_pretraining(tmp_path):
+def test_the_binary_pretrains_from_its_flags_and_prints_the_pretraining_and_the_regret(tmp_path):
+  # A tiny generated problem end to end, pretrained: results.json carries the pretraining record and the exact Bayes
+  # figures; the summary prints both, and the regret.
   args = ["--config=synth_lt100_pre_ldam_drw", "--synthetic_num_classes=12", "--synthetic_num_genera=3",
           "--synthetic_max_count=60", "--imbalance_ratio=10", "--synthetic_test_per_class=10",
           "--validation_per_class=4", "--mlp_widths=32", "--epochs=2", "--lr_decay_epochs=1", "--drw_start_epoch=1",
@@ -331,6 +333,17 @@ def test_the_binary_pretrains_from_its_flags_and_prints_the_pretraining(tmp_path
   assert record["path"].startswith(str(tmp_path / "root" / "pretrained" / "mlp_")) and record["cache"] == "computed"
   assert (record["train_examples"], record["settings"]["epochs"], record["settings"]["mlp_widths"]) == (120, 2, [32])
   assert pretraining.summary_line(record) in out.stdout
+  assert "| regret: Bayes - this model (points) |" in out.stdout
+  with open(tmp_path / "root" / "run" / "results.json") as f:
+    results = json.load(f)
+  assert results["config"]["synthetic_num_classes"] == 12 and len(results["per_class"]) == 12
+  bayes = results["bayes"]
+  for kind in ("likelihood", "posterior"):
+    assert [bayes[kind][f"macro_top{k}_accuracy"] for k in (1, 3, 5)] == sorted(
+        bayes[kind][f"macro_top{k}_accuracy"] for k in (1, 3, 5))
+  # The likelihood is optimal for macro top-K, the posterior for prior-weighted top-K (on the same test examples).
+  assert bayes["likelihood"]["macro_top1_accuracy"] >= bayes["posterior"]["macro_top1_accuracy"]
+  assert bayes["posterior"]["prior_weighted_top1_accuracy"] >= bayes["likelihood"]["prior_weighted_top1_accuracy"]
 
 
 # --- Configuration errors -----------------------------------------------------------------------------------------
