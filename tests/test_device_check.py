@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from experiments import reporting
 from tests import fake_data
 from tests import shared_runs
 
@@ -93,12 +92,3 @@ def test_device_check_tiny_mode_runs_every_step(tmp_path):
   assert table[2].startswith("| noised loss vs PyTorch, float32 | ok |"), table
   assert "torch/JAX" in table[2]
   assert [row.split("|")[1].strip() for row in table] == names, table
-
-
-def test_summary_writer_without_tensorflow_writes_nothing_and_does_not_fail(tmp_path, monkeypatch):
-  monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` raises ImportError
-  writer = reporting.SummaryWriter(str(tmp_path / "tb"))
-  writer.write_epoch(1, {"train": {"loss": 0.5}})
-  writer.write_final(1, {"top1_accuracy": 0.5})
-  writer.close()
-  assert not (tmp_path / "tb").exists()

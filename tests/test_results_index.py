@@ -10,6 +10,7 @@ import pytest
 
 from experiments import regimes
 from experiments import results_index
+from tests import shared_runs
 from tests import test_regime_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +90,7 @@ def test_the_readme_block_replaces_only_the_text_between_the_markers():
 
 def _cli(*args):
   return subprocess.run([sys.executable, "-m", "experiments.regimes", *args], cwd=REPO, capture_output=True,
-                        text=True, timeout=300, check=False)
+                        text=True, timeout=shared_runs.SUBPROCESS_TIMEOUT_S, check=False)
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def _check_outputs(workdir, results, config):
   else:
     assert not os.path.exists(plot)
   events = os.path.join(workdir, "tensorboard")
-  if optional.available("tensorflow"):
+  if optional.available("tensorboard"):
     assert any(f.startswith("events") for f in os.listdir(events))
   else:
     assert not os.path.exists(events) or not os.listdir(events)
