@@ -123,8 +123,13 @@ def _loss_alone(preset, dataset):
   return run
 
 
-def run(preset_name, *, repeats, half_precision):
+def run(preset_name, *, repeats, half_precision, batch_size=None):
   preset = PRESETS[preset_name]
+  if batch_size is not None:
+    if batch_size <= 0 or batch_size % jax.local_device_count():
+      raise ValueError(f"`batch_size` must be a positive multiple of the {jax.local_device_count()} local devices, "
+                       f"got {batch_size}.")
+    preset = dict(preset, batch_size=batch_size)
   dataset = _FakeDataset(preset["num_classes"], _input_shape(preset))
   fns = {"ce": _Trainer(preset, "ce", dataset, half_precision),
          "noised": _Trainer(preset, "noised_imbalanced", dataset, half_precision),
@@ -166,9 +171,11 @@ def main():
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cifar")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--half-precision", action="store_true", help="bfloat16 compute in the model")
+  parser.add_argument("--batch-size", type=int, default=None,
+                      help="global batch instead of the preset's (the device check's CPU smoke run uses 16)")
   parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
   args = parser.parse_args()
-  text = run(args.preset, repeats=args.repeats, half_precision=args.half_precision)
+  text = run(args.preset, repeats=args.repeats, half_precision=args.half_precision, batch_size=args.batch_size)
   print(text)
   if not args.no_write:
     common.write_section(f"bench_train_step:{args.preset}:{jax.default_backend()}", text)

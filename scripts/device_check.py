@@ -89,7 +89,8 @@ def steps(args):
     out.append(("train step, ResNet-50", [py, "benchmarks/bench_train_step.py", "--preset", "plantnet",
                                           "--no-write", "--repeats", "10"], 100))
   out.append(("train step, ResNet-32", [py, "benchmarks/bench_train_step.py", "--preset", "cifar", "--no-write",
-                                        "--repeats", "2" if tiny else "10"], 300 if tiny else 100))
+                                        *(["--repeats", "2", "--batch-size", "16"] if tiny else ["--repeats", "10"])],
+                 300 if tiny else 100))
   train = [py, "-m", "experiments.train", f"--workdir={args.workdir}"]
   if args.data_dir:
     train.append(f"--data_dir={args.data_dir}")
