@@ -59,6 +59,94 @@ LOSS_HYPERPARAMETERS = {
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchRange:
+  """The range `experiments.tune` searches for one field, and where the range comes from.
+
+  `applies_to`: the losses that read the field (`"*"`: every loss); `train_rule`: the train rule that reads it
+  instead; `when_set`: searched only where the preset sets the field (to a nonzero value), e.g. the LA offsets added to
+  another loss. `fraction_of_epochs`: the range is a fraction of the run's `epochs`, rounded to a whole epoch.
+  """
+  field: str
+  low: float
+  high: float
+  log: bool
+  source: str
+  applies_to: Tuple[str, ...] = ()
+  train_rule: Optional[str] = None
+  when_set: bool = False
+  fraction_of_epochs: bool = False
+
+  def bounds(self, config: "Config") -> Tuple[float, float]:
+    if self.fraction_of_epochs:
+      return max(1, round(self.low * config.epochs)), min(config.epochs - 1, round(self.high * config.epochs))
+    return self.low, self.high
+
+  def on_edge(self, config: "Config", value: float, share: float = 0.05) -> Optional[str]:
+    """"low" or "high" when `value` lies within `share` of the range (in log units for a log range) of a bound."""
+    low, high = self.bounds(config)
+    if self.fraction_of_epochs:
+      return "low" if value <= low else "high" if value >= high else None
+    f = np.log if self.log else (lambda x: x)
+    position = (f(value) - f(low)) / (f(high) - f(low))
+    return "low" if position <= share else "high" if position >= 1 - share else None
+
+
+# The search space of every loss, one declaration (experiments/tune.py reads it; docs/tuning.md prints it): learning
+# rate and weight decay for every loss, log scale, plus each loss's own. The number of noise samples B stays at 5 and
+# K at the preset's (a study per K). Each range covers the values the papers and the authors' code use and extends
+# beyond them, so that a best value on an edge means the range was too narrow (tune's report flags it).
+SEARCH_SPACE = (
+    SearchRange("learning_rate", 1e-3, 1.0, True, "the presets' 0.002 (Pl@ntNet fine-tuning) to 0.1 (CIFAR-LT, "
+                "LDAM-DRW; synthetic_lt), about a decade beyond each end", ("*",)),
+    SearchRange("weight_decay", 1e-6, 1e-2, True, "the authors' 1e-4 (noised top-K) and 2e-4 (LDAM-DRW), the "
+                "presets' 5e-4; Alshammari et al. (CVPR 2022) tune it up to 5e-3 for long-tailed recognition", ("*",)),
+    SearchRange("gamma", 0.0, 5.0, False, "focal loss: Lin et al.'s grid {0, 0.1, 0.2, 0.5, 1, 2, 5}; 2 in the "
+                "noised top-K paper's Pl@ntNet table", ("focal",)),
+    SearchRange("max_margin", 0.05, 1.0, True, "LDAM-DRW's 0.5 (CIFAR), the noised top-K paper's 0.2 (Pl@ntNet, "
+                "LDAM and the imbalanced noised loss)", ("ldam", "noised_imbalanced")),
+    SearchRange("scale", 5.0, 100.0, True, "LDAM-DRW's 30, the noised top-K paper's 40 (LDAM) and 60 (noised), "
+                "the MM scripts' 19-30 (MM's scale is not searched)", ("ldam", "noised_imbalanced")),
+    SearchRange("mm_beta", 0.5, 10.0, True, "the MM paper's ablation (1 to 1.53 on CIFAR) and its command-line "
+                "default 10", ("mm", "mm_ldam")),
+    SearchRange("mm_delta_minus", 0.1, 3.0, True, "the MM paper's ablation (0.6 to 2.1 on CIFAR-10, 1.29 on "
+                "CIFAR-100) and its command-line default 0.5", ("mm", "mm_ldam")),
+    SearchRange("tau", 0.0, 3.0, False, "logit adjustment: Menon et al.'s tau = 1; 0 is cross-entropy",
+                ("logit_adjusted",)),
+    SearchRange("tau", 0.0, 3.0, False, "VS loss's additive tau: the authors' CIFAR-10-LT command 1.2 (the only "
+                "value their code gives), 0 removes it", ("vs",)),
+    SearchRange("vs_gamma", 0.0, 0.5, False, "VS loss's multiplicative gamma: the authors' command 0.2, 0 removes "
+                "it", ("vs",)),
+    SearchRange("tau", 0.01, 1.0, True, "smooth top-K SVM's temperature: the Pl@ntNet table's 0.1, a decade on "
+                "each side", ("smooth_svm",)),
+    SearchRange("epsilon", 1e-3, 1.0, True, "noised top-K: the paper's 0.01 (imbalanced, Pl@ntNet) and 1 "
+                "(balanced); the Fashion-MNIST presets' 0.1", ("noised_balanced", "noised_imbalanced")),
+    SearchRange("logit_adjustment_tau", 0.0, 3.0, False, "LA offsets added to another loss: as the LA loss's tau",
+                ("*",), when_set=True),
+    SearchRange("drw_start_epoch", 0.3, 0.95, False, "deferred re-weighting's start, a fraction of the epochs: "
+                "LDAM-DRW's 160 of 200 (0.8); the presets start it at the first learning-rate decay",
+                train_rule="drw", fraction_of_epochs=True),
+)
+# Post-hoc logit adjustment's tau is chosen on validation after training (one training, every tau of this grid),
+# not searched: Menon et al. choose it on a holdout the same way.
+POSTHOC_TAUS = tuple(float(t) for t in np.round(np.arange(0.0, 3.0001, 0.25), 2))
+
+
+def search_space(config: "Config") -> dict:
+  """{field: SearchRange} that `experiments.tune` searches for `config`'s loss and train rule."""
+  out = {}
+  for entry in SEARCH_SPACE:
+    if entry.train_rule is not None:
+      applies = config.train_rule == entry.train_rule
+    else:
+      applies = "*" in entry.applies_to or config.loss in entry.applies_to
+    if entry.when_set:
+      applies = applies and bool(getattr(config, entry.field))
+    if applies:
+      out[entry.field] = entry
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   """Every setting of a training run. Field names are the flag names of `experiments.train`."""
   # Data.

@@ -3,7 +3,7 @@
     python -m experiments.flags_doc           # regenerate docs/training.md
     python -m experiments.flags_doc --check   # exit 1 if docs/training.md is stale (tests/test_docs.py runs this)
 
-Every flag of `experiments.train` and `experiments.reproduce` is listed with its type, default and help, read from
+Every flag of `experiments.train`, `experiments.reproduce` and `experiments.tune` is listed with its type, default and help, read from
 the absl flag objects the binaries define at import. The config flags (one per field of `experiments.config.Config`,
 `experiments/flags_lib.py`) are grouped by the section comments of the `Config` dataclass, in its order, and their
 default is the value of the embedded default preset (`--config=default`), what a run gets without flags. The page
@@ -24,6 +24,7 @@ from experiments import configs
 from experiments import flags_lib
 from experiments import reproduce
 from experiments import train
+from experiments import tune
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "docs", "training.md")
@@ -132,11 +133,18 @@ def _docstring(module):
   return out
 
 
+def _own_flags(binary):
+  """The flags `binary` defines itself and those it shares with the other binaries (flags_lib.SHARED_FLAGS)."""
+  names = list(binary.SHARED_FLAGS) + [f.name for f in FLAGS.flags_by_module_dict()[binary.__name__]]
+  return sorted(names, key=lambda name: name == "worker_index")  # stable: the internal flag last
+
+
 def render():
   """The full text of docs/training.md."""
   default = configs.get_preset("default").config
-  train_own = [f.name for f in FLAGS.flags_by_module_dict()[train.__name__]]
-  reproduce_own = [f.name for f in FLAGS.flags_by_module_dict()[reproduce.__name__]]
+  train_own = _own_flags(train)
+  reproduce_own = _own_flags(reproduce)
+  tune_own = _own_flags(tune)
   lines = [
       "# Training binaries: every flag",
       "",
@@ -175,6 +183,11 @@ def render():
       "",
   ]
   lines += _table([(n, t, "unset", h) for n, t, _, h in _config_rows(reproduce.DATA_FLAGS, default)])
+  lines += ["", "## `python -m experiments.tune`", ""]
+  lines += _docstring(tune)
+  lines += ["", "### Flags", ""] + _table(_flag_rows(tune_own))
+  lines += ["", "Every config flag of `experiments.train` is accepted too: it overrides the preset and fixes the field "
+            "(it is not searched). The search space is on [tuning](tuning.md)."]
   lines += [
       "",
       "## Presets",

@@ -6,6 +6,7 @@ data flags it passes to every run (`define_config_flags(("data_dir", "pretrained
 binaries can be imported together (the tests do). Flags default to None, meaning "the preset's value".
 """
 import dataclasses
+import re
 import typing
 
 from absl import flags
@@ -168,3 +169,39 @@ def overrides_from_flags(names=None):
       continue
     overrides[name] = _parse_tuple(name, value) if type_ is tuple else value
   return overrides
+
+
+def run_name(preset_name: str, overrides: dict) -> str:
+  """The preset's name and the overrides that change what is trained, as one file name (the default workdir of
+  experiments.train, the default study name of experiments.tune)."""
+  ignored = {"data_dir", "log_every_steps", "eval_batch_size", "pretrained_weights", "pretrain_cache_dir"}
+  parts = [preset_name] + [f"{k}-{','.join(map(str, v)) if isinstance(v, tuple) else v}"
+                           for k, v in sorted(overrides.items()) if k not in ignored]
+  return re.sub(r"[^A-Za-z0-9_.,=-]+", "", "_".join(parts))
+
+
+# Flags that several binaries define, with one help text: name -> (absl kind, help).
+SHARED_FLAGS = {
+    "config": ("string", "Preset name (`python -m experiments.train --config=list` prints them all). "
+                         "experiments.train: default `default`, the embedded default job; experiments.tune: required."),
+    "traceback": ("boolean", "On a configuration or missing-dataset error, show the Python traceback too (default: "
+                             "the message alone)."),
+    "workdir_root": ("string", "Where the runs' work directories go. Default: workdirs/reproduce/<grid> "
+                               "(experiments.reproduce), tuning/ (experiments.tune)."),
+    "num_workers": ("integer", "Worker processes. experiments.reproduce: runs in parallel, each pinned to one core "
+                               "when there are at least as many cores (on a CPU, two 1-core runs beat one 2-core "
+                               "run); default one per core on a CPU-only machine (at most 8), else 1. "
+                               "experiments.tune: processes on one study; default 1."),
+    "worker_index": ("integer", "Internal: this process is worker `worker_index` of --num_workers, started by the "
+                                "first one."),
+}
+
+
+def define_shared(*names: str) -> None:
+  """Defines the `SHARED_FLAGS` `names` (default None) unless another binary already did: the binaries are imported
+  together (the tests, the flag reference), so such a flag is defined once and each binary reads None as its own
+  default."""
+  for name in names:
+    if name not in FLAGS:
+      kind, help_ = SHARED_FLAGS[name]
+      getattr(flags, f"DEFINE_{kind}")(name, None, help_)

@@ -41,17 +41,13 @@ from experiments import grids
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("grid", None, sorted(grids.GRIDS), "The grid to run.")
 flags.DEFINE_list("seeds", None, "Seeds (comma-separated). Default: the grid's (0,1,2).")
-flags.DEFINE_string("workdir_root", None, "Where each run's workdir goes. Default: workdirs/reproduce/<grid>.")
+SHARED_FLAGS = ("workdir_root", "num_workers", "worker_index")
+flags_lib.define_shared(*SHARED_FLAGS)
 flags.DEFINE_string("output_dir", None, "Where the table, CSVs and plots go. Default: docs/results/<grid>.")
 flags.DEFINE_boolean("dry_run", False, "Print each run's command and whether it is done; run nothing.")
 flags.DEFINE_boolean("aggregate_only", False, "Write the table from the finished runs; run nothing.")
-flags.DEFINE_integer("num_workers", None, "Processes running the grid's runs in parallel, each pinned to one core "
-                     "when there are at least as many cores (on a CPU, two 1-core runs beat one 2-core run). "
-                     "Default: one per core on a CPU-only machine (at most 8), else 1.")
 # The training binary's flags of the same names (experiments/flags_lib.py), passed to every run.
 flags_lib.define_config_flags(DATA_FLAGS := ("data_dir", "pretrained_weights"))
-flags.DEFINE_integer("worker_index", None, "Internal: this process is worker `worker_index` of --num_workers, "
-                     "sharing the grid's pending runs with the others (each claims the next free one).")
 
 
 def _seeds(grid):
@@ -148,7 +144,7 @@ def run_all(runs, workdir_root, data_changes=None, shared=False):
   return failed
 
 
-def _usable_cores():
+def usable_cores():
   """The cores this process may run on; empty where the OS cannot tell (no pinning there)."""
   return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
 
@@ -158,11 +154,11 @@ def default_num_workers(max_workers=8):
   import jax  # pylint: disable=g-import-not-at-top
   if jax.default_backend() != "cpu":
     return 1
-  return max(1, min(len(_usable_cores()) or os.cpu_count() or 1, max_workers))
+  return max(1, min(len(usable_cores()) or os.cpu_count() or 1, max_workers))
 
 
 def _spawn_workers(grid, seeds, workdir_root, num_workers):
-  cores = _usable_cores()
+  cores = usable_cores()
   pin = len(cores) >= num_workers
   procs = []
   for i in range(num_workers):

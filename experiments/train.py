@@ -10,7 +10,6 @@ Results land in --workdir (printed at start): results.json, per_class_accuracy.p
 Restarting an interrupted command resumes from its last checkpoint.
 """
 import os
-import re
 import sys
 
 from absl import app
@@ -23,27 +22,27 @@ from experiments import flags_lib
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_string("config", "default", "Preset name (`--config=list` prints them all).")
+SHARED_FLAGS = ("config", "traceback")
+flags_lib.define_shared(*SHARED_FLAGS)
 flags.DEFINE_string("workdir", None, "Output directory. Default: workdirs/<preset>[_<overrides>].")
-flags.DEFINE_boolean("traceback", False, "On a configuration or missing-dataset error, show the Python traceback "
-                     "too (default: the message alone).")
 
 flags_lib.define_config_flags()
 
 
+def preset_name() -> str:
+  return FLAGS.config or "default"
+
+
 def config_from_flags():
   """The preset named by --config with every explicitly given flag applied; returns (config, overrides)."""
-  preset = configs.get_preset(FLAGS.config)
+  preset = configs.get_preset(preset_name())
   overrides = flags_lib.overrides_from_flags()
   config = preset.config.replace(**overrides)
   return config_lib.validate(config, explicitly_set=set(overrides)), overrides
 
 
 def default_workdir(preset_name, overrides):
-  ignored = {"data_dir", "log_every_steps", "eval_batch_size", "pretrained_weights", "pretrain_cache_dir"}
-  parts = [preset_name] + [f"{k}-{','.join(map(str, v)) if isinstance(v, tuple) else v}"
-                           for k, v in sorted(overrides.items()) if k not in ignored]
-  return os.path.join("workdirs", re.sub(r"[^A-Za-z0-9_.,=-]+", "", "_".join(parts)))
+  return os.path.join("workdirs", flags_lib.run_name(preset_name, overrides))
 
 
 class _QuietLibraries:
@@ -70,7 +69,7 @@ def _fail(error, *, status):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-  if FLAGS.config == "list":
+  if preset_name() == "list":
     for preset in configs.PRESETS.values():
       print(f"{preset.name}\n    {preset.command}\n    {preset.description}")
     return
@@ -78,8 +77,8 @@ def main(argv):
     config, overrides = config_from_flags()
   except ValueError as e:
     _fail(e, status=2)
-  workdir = FLAGS.workdir or default_workdir(FLAGS.config, overrides)
-  print(f"Preset {FLAGS.config}; workdir {os.path.abspath(workdir)}", flush=True)
+  workdir = FLAGS.workdir or default_workdir(preset_name(), overrides)
+  print(f"Preset {preset_name()}; workdir {os.path.abspath(workdir)}", flush=True)
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that `--help` and `--config=list` stay fast.

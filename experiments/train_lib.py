@@ -12,7 +12,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import flax
@@ -390,12 +390,28 @@ def load_dataset(config: config_lib.Config) -> input_pipeline.Dataset:
       synthetic=config_lib.synthetic_spec(config) if config.dataset == "synthetic_lt" else None)
 
 
-def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
+def train_and_evaluate(config: config_lib.Config, workdir: str, *, read_test: bool = True,
+                       on_epoch: Optional[Callable[[dict], None]] = None, posthoc_taus: Sequence[float] = ()) -> dict:
   """Trains `config`, evaluates it, writes results to `workdir`, and returns the results dictionary.
 
   Interrupted runs resume from the last checkpoint in `workdir/checkpoints` and end with the same results.
+
+  Tuning (experiments/tune.py) uses the keywords:
+    read_test: False never evaluates the test split: every evaluation epoch reads the validation split (which the
+      dataset must have), the model the config reports (last epoch, or best validation epoch) is described by
+      `results["validation"]`, and `results["test"]` is None. The default evaluates as documented above.
+    on_epoch: called with each epoch's record (`{"epoch": ..., "train": ..., "val": ...}`) once it is complete,
+      those of a resumed run's earlier epochs included; an exception it raises (e.g. a pruned trial) stops training.
+    posthoc_taus: with `read_test=False`, the reported model's validation metrics with post-hoc logit adjustment at
+      each of these tau, in `results["posthoc_validation"]` (a list of {"tau": ..., "metrics": ...}): tau chosen on
+      validation after training, with one training.
   """
   config = config_lib.validate(config)
+  if posthoc_taus and read_test:
+    raise ValueError("`posthoc_taus` chooses tau on validation, for tuning: it needs `read_test=False`.")
+  if not read_test and config.model_selection == "best_test_epoch":
+    raise ValueError("`model_selection=best_test_epoch` selects on the test split; without reading it, select with "
+                     "`val_macro_topk` or `last_epoch`.")
   config_lib.check_pretrained(config)
   _maybe_initialize_distributed(config)
   devices = jax.local_device_count() * jax.process_count()
@@ -416,6 +432,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   selection, sel_k = config.model_selection, config.selection_k  # resolved by config_lib.validate
   if selection == "val_macro_topk" and not dataset.has_validation:
     raise ValueError(f"`model_selection=val_macro_topk` needs a validation split; {dataset.name} has none here.")
+  if not read_test and not dataset.has_validation:
+    raise ValueError(f"Without the test split, evaluation needs a validation split; {dataset.name} has none here.")
   steps_per_epoch = dataset.steps_per_epoch(config.batch_size)
   if config.max_steps_per_epoch:
     steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
@@ -432,6 +450,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   if restored is not None:
     state, best_variables, meta = restored
     logging.info("Resumed from the checkpoint of epoch %d.", meta["epoch"])
+    if on_epoch is not None:
+      for record in meta["history"]:
+        on_epoch(record)
 
   rng = jax.random.key(config.seed + 1)
   p_train_step = jax.pmap(functools.partial(train_step, loss_fn=loss_fn, schedule=schedule,
@@ -468,12 +489,11 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     record = {"epoch": epoch, "train": train_summary}
     last_epoch = epoch == config.epochs - 1
     if (epoch + 1) % config.eval_every_epochs == 0 or last_epoch:
-      split = "val" if selection == "val_macro_topk" else "test"
+      split = "val" if selection == "val_macro_topk" or not read_test else "test"
       eval_metrics, _ = evaluate(p_eval_step, rstate, dataset, split, config=config,
                                  num_local_devices=num_local_devices)
       record[split] = eval_metrics
-      score = (eval_metrics[f"macro_top{sel_k}_accuracy"] if selection == "val_macro_topk"
-               else eval_metrics["top1_accuracy"])
+      score = (eval_metrics[f"macro_top{sel_k}_accuracy"] if split == "val" else eval_metrics["top1_accuracy"])
       if selection != "last_epoch" and (meta["best"] is None or score > meta["best"]["score"]):
         meta["best"] = {"epoch": epoch, "score": score, "split": split, "metrics": eval_metrics}
         host_state = unreplicate(rstate)
@@ -487,6 +507,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
                  reporting.format_record(record))
     if (epoch + 1) % config.checkpoint_every_epochs == 0 or last_epoch:
       ckpt.save(epoch, unreplicate(rstate), best_variables, meta)
+    if on_epoch is not None:
+      on_epoch(record)
   ckpt.wait()
 
   # The train fit is the last epoch's model's, whichever epoch the test split reports.
@@ -499,11 +521,19 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   if selection in ("val_macro_topk", "best_test_epoch") and meta["best"] is not None:
     final_state = final_state.replace(params=best_variables["params"], batch_stats=best_variables["batch_stats"])
   rfinal = flax.jax_utils.replicate(final_state)
-  test_metrics, per_class = evaluate(p_eval_step, rfinal, dataset, "test", config=config,
-                                     num_local_devices=num_local_devices)
-  average_k, average_k_test = set_eval.average_k_metrics(rfinal, dataset, config=config, axis_name=AXIS,
-                                                         num_local_devices=num_local_devices, posthoc_offsets=posthoc)
-  test_metrics.update(average_k_test)
+  if read_test:
+    test_metrics, per_class = evaluate(p_eval_step, rfinal, dataset, "test", config=config,
+                                       num_local_devices=num_local_devices)
+    average_k, average_k_test = set_eval.average_k_metrics(rfinal, dataset, config=config, axis_name=AXIS,
+                                                           num_local_devices=num_local_devices, posthoc_offsets=posthoc)
+    test_metrics.update(average_k_test)
+    validation = meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None
+  else:
+    test_metrics = per_class = average_k = None
+    # The reported model's validation metrics: the best validation epoch's, or the last epoch's.
+    evaluated = [r for r in meta["history"] if "val" in r]
+    validation = (meta["best"]["metrics"] if selection == "val_macro_topk" and meta["best"]
+                  else evaluated[-1]["val"])
   results = {
       "dataset": config.dataset,
       "loss": config.loss,
@@ -516,10 +546,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "test": test_metrics,
       "train_fit": train_fit,
       "pretraining": None if pretrained is None else pretrained.record,
-      "validation": meta["best"]["metrics"] if meta["best"] and meta["best"]["split"] == "val" else None,
+      "validation": validation,
       "average_k": average_k,
       "class_names": list(dataset.class_names),
-      "per_class": reporting.per_class_table(dataset, per_class),
+      "per_class": None if per_class is None else reporting.per_class_table(dataset, per_class),
       "bayes": bayes_record(dataset, config.eval_ks),
       "train_class_counts": class_counts.tolist(),
       "history": meta["history"],
@@ -528,11 +558,31 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       "num_processes": jax.process_count(),
       "backend": jax.default_backend(),
   }
+  if posthoc_taus:
+    results["posthoc_validation"] = _posthoc_validation(config, dataset, rfinal, class_counts, posthoc_taus,
+                                                        num_local_devices=num_local_devices)
   if is_chief:
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2, allow_nan=True)
-    reporting.plot_per_class(results, os.path.join(workdir, "per_class_accuracy.png"))
+    if per_class is not None:
+      reporting.plot_per_class(results, os.path.join(workdir, "per_class_accuracy.png"))
     if writer:
-      writer.write_final(config.epochs, test_metrics)
+      if test_metrics is not None:
+        writer.write_final(config.epochs, test_metrics)
       writer.close()
   return results
+
+
+def _posthoc_validation(config, dataset, rstate, class_counts, taus, *, num_local_devices):
+  """Validation metrics of `rstate` with post-hoc logit adjustment at each tau (one compiled step for all)."""
+  p_step = jax.pmap(lambda state, batch, offsets: eval_step(state, batch, ks=tuple(config.eval_ks),
+                                                            num_classes=dataset.num_classes,
+                                                            posthoc_offsets=offsets),
+                    axis_name=AXIS, in_axes=(0, 0, None))
+  out = []
+  for tau in taus:
+    offsets = jnp.asarray(logit_offsets(config, class_counts, float(tau)))
+    metrics, _ = evaluate(lambda state, batch, o=offsets: p_step(state, batch, o), rstate, dataset, "val",
+                          config=config, num_local_devices=num_local_devices)
+    out.append({"tau": float(tau), "metrics": metrics})
+  return out
