@@ -3,7 +3,7 @@
     python -m experiments.flags_doc           # regenerate docs/training.md
     python -m experiments.flags_doc --check   # exit 1 if docs/training.md is stale (tests/test_docs.py runs this)
 
-Every flag of `experiments.train`, `experiments.reproduce` and `experiments.tune` is listed with its type, default and help, read from
+Every flag of `experiments.train`, `experiments.reproduce`, `experiments.tune` and `experiments.tuned` is listed with its type, default and help, read from
 the absl flag objects the binaries define at import. The config flags (one per field of `experiments.config.Config`,
 `experiments/flags_lib.py`) are grouped by the section comments of the `Config` dataclass, in its order, and their
 default is the value of the embedded default preset (`--config=default`), what a run gets without flags. The page
@@ -25,6 +25,7 @@ from experiments import flags_lib
 from experiments import reproduce
 from experiments import train
 from experiments import tune
+from experiments import tuned
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "docs", "training.md")
@@ -145,6 +146,7 @@ def render():
   train_own = _own_flags(train)
   reproduce_own = _own_flags(reproduce)
   tune_own = _own_flags(tune)
+  tuned_own = _own_flags(tuned)
   lines = [
       "# Training binaries: every flag",
       "",
@@ -188,6 +190,9 @@ def render():
   lines += ["", "### Flags", ""] + _table(_flag_rows(tune_own))
   lines += ["", "Every config flag of `experiments.train` is accepted too: it overrides the preset and fixes the field "
             "(it is not searched). The search space is on [tuning](tuning.md)."]
+  lines += ["", "## `python -m experiments.tuned`", ""]
+  lines += _docstring(tuned)
+  lines += ["", "### Flags", ""] + _table(_flag_rows(tuned_own))
   lines += [
       "",
       "## Presets",

@@ -194,6 +194,11 @@ SHARED_FLAGS = {
                                "experiments.tune: processes on one study; default 1."),
     "worker_index": ("integer", "Internal: this process is worker `worker_index` of --num_workers, started by the "
                                 "first one."),
+    "trials": ("integer", "Finished trials (complete or pruned) a study should hold; a rerun continues it up to this "
+                          "total. experiments.tune: required; experiments.tuned: per study, default 20."),
+    "seeds": ("list", "Seeds (comma-separated). experiments.reproduce: default the grid's (0,1,2); "
+                      "experiments.tuned --rerun: default 0,1,2."),
+    "dry_run": ("boolean", "Print the commands (experiments.reproduce: and whether each run is done); run nothing."),
 }
 
 

@@ -40,11 +40,9 @@ from experiments import grids
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("grid", None, sorted(grids.GRIDS), "The grid to run.")
-flags.DEFINE_list("seeds", None, "Seeds (comma-separated). Default: the grid's (0,1,2).")
-SHARED_FLAGS = ("workdir_root", "num_workers", "worker_index")
+SHARED_FLAGS = ("seeds", "dry_run", "workdir_root", "num_workers", "worker_index")
 flags_lib.define_shared(*SHARED_FLAGS)
 flags.DEFINE_string("output_dir", None, "Where the table, CSVs and plots go. Default: docs/results/<grid>.")
-flags.DEFINE_boolean("dry_run", False, "Print each run's command and whether it is done; run nothing.")
 flags.DEFINE_boolean("aggregate_only", False, "Write the table from the finished runs; run nothing.")
 # The training binary's flags of the same names (experiments/flags_lib.py), passed to every run.
 flags_lib.define_config_flags(DATA_FLAGS := ("data_dir", "pretrained_weights"))

@@ -31,10 +31,8 @@ from experiments import flags_lib
 
 FLAGS = flags.FLAGS
 
-SHARED_FLAGS = ("config", "workdir_root", "num_workers", "traceback", "worker_index")
+SHARED_FLAGS = ("config", "trials", "workdir_root", "num_workers", "traceback", "worker_index")
 flags_lib.define_shared(*SHARED_FLAGS)
-flags.DEFINE_integer("trials", None, "Finished trials (complete or pruned) the study should hold; a rerun continues "
-                     "it up to this total.")
 flags.DEFINE_string("storage", None, "Optuna storage: sqlite:///PATH, journal:PATH, postgresql://..., mysql://... "
                     "Default: sqlite:///<workdir_root>/optuna.db.")
 flags.DEFINE_string("study_name", None, "Default: the preset's name and the overrides, as experiments.train names "
@@ -394,9 +392,10 @@ def main(argv):
     cores = reproduce.usable_cores()
     pin = len(cores) >= _num_workers() and reproduce.default_num_workers() > 1
     for i in range(1, _num_workers()):
-      preexec = (lambda core=cores[i]: os.sched_setaffinity(0, {core})) if pin else None
       children.append(subprocess.Popen([sys.executable, "-m", "experiments.tune", *argv_rest, "--num_workers=1",
-                                        f"--worker_index={i}"], preexec_fn=preexec))  # pylint: disable=subprocess-popen-preexec-fn
+                                        f"--worker_index={i}"]))
+      if pin:  # pinned once started (no preexec_fn: forking a process that runs JAX's threads can deadlock)
+        os.sched_setaffinity(children[-1].pid, {cores[i]})
     if pin:
       os.sched_setaffinity(0, {cores[0]})
   status = 0

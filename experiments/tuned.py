@@ -2,6 +2,8 @@ r"""The equal-budget studies of docs/results/tuned/: every method of a stand-in 
 
   python -m experiments.tuned --stand_in=plantnet1081 --trials=20          # run (or continue) its studies
   python -m experiments.tuned --stand_in=fashion_exp100 --trials=20 --dry_run
+  python -m experiments.tuned --stand_in=fashion_exp100 --rerun           # each best configuration, 3 seeds, tested
+  python -m experiments.tuned --stand_in=fashion_exp100 --report          # table.md, trials.csv, best_so_far.png
 
 Each method of the stand-in is one `experiments.tune` study (its preset, the same sampler seed, pruner and training
 seed for all) in one journal file per stand-in, `docs/results/tuned/<stand_in>/studies.journal`, kept in the
@@ -10,20 +12,31 @@ repository; the trials' work directories go to `workdirs/tuned/<stand_in>/`. The
 with equal budgets. The top-K losses have a study per K, whose objective is the validation macro top-K at that K;
 the methods that train one model for every K maximise the mean of the validation macro top-K over the stand-in's
 K (the same K range they are reported on).
+
+`--rerun` trains each study's best configuration with seeds 0, 1, 2 (`experiments.train`, test split read once, at
+the end of each run) into `workdirs/tuned/<stand_in>/rerun/`; `--report` writes `docs/results/tuned/<stand_in>/`:
+`trials.csv` (one row per trial), `reruns.csv` (one row per re-run), `table.md` (default against tuned macro top-K,
+the tuned values with those on the edge of their range flagged, each study's parameter importances) and
+`best_so_far.png` (best validation value against trials, per study).
 """
+import csv
 import dataclasses
+import json
 import os
 import subprocess
 import sys
 import time
-from typing import Tuple
+from typing import Dict, List, Tuple
 
 from absl import app
 from absl import flags
 
+from experiments import flags_lib
+
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "results", "tuned")
+WORKDIRS = os.path.join(ROOT, "workdirs", "tuned")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,26 +45,32 @@ class StandIn:
   label: str
   preset_prefix: str
   ks: Tuple[int, ...]
-  flags: Tuple[str, ...] = ()
+  defaults: Tuple[str, str]  # (runs.csv of the grid that trained the presets' defaults, its setting)
+  flags: Tuple[str, ...] = ()  # training flags of every trial and re-run
+  tune_flags: Tuple[str, ...] = ()  # flags of experiments.tune alone
 
 
 STAND_INS = {
     s.name: s for s in (
         StandIn("plantnet1081", "synthetic_plantnet1081_pretrained (1,081 classes, Pl@ntNet tail, pretrained MLP)",
-                "synth_plantnet1081_pre_", (1, 3, 5)),
+                "synth_plantnet1081_pre_", (1, 3, 5),
+                ("docs/results/synthetic_plantnet1081_pretrained/runs.csv", "plantnet1081")),
         StandIn("fashion_exp100", "long-tailed Fashion-MNIST, exp rho 100 (10 epochs, small CNN)", "fmnist_exp100_",
-                (1, 2, 3)),
+                (1, 2, 3), ("docs/results/fashion_mnist_lt/runs.csv", "exp100")),
     )
 }
 # The methods of the issue, in table order; those taking K have one study per K.
 METHODS = ("ce", "ce_drw", "focal", "ldam_drw", "mm_drw", "la", "ce_posthoc_la", "vs")
 K_METHODS = ("noised_imbalanced", "noised_imbalanced_la")
 
-flags.DEFINE_enum("stand_in", None, sorted(STAND_INS), "The stand-in whose studies to run.")
-flags.DEFINE_integer("trials", 20, "Finished trials per study.")
+flags.DEFINE_string("stand_in", None, f"The stand-in whose studies to run: {', '.join(sorted(STAND_INS))}.")
 flags.DEFINE_integer("round", 5, "Trials each study gains before the next study's turn.")
-flags.DEFINE_integer("tune_workers", 2, "experiments.tune --num_workers of each study.")
-flags.DEFINE_boolean("dry_run", False, "Print the commands; run nothing.")
+flags.DEFINE_integer("tune_workers", 2, "experiments.tune --num_workers of each study; --rerun: runs at a time.")
+flags.DEFINE_boolean("rerun", False, "Train each study's best configuration with --seeds (tested once) instead of "
+                     "running the studies.")
+flags.DEFINE_boolean("report", False, "Write docs/results/tuned/<stand_in>/ from the studies and the re-runs.")
+SHARED_FLAGS = ("trials", "seeds", "dry_run")
+flags_lib.define_shared(*SHARED_FLAGS)
 
 
 def studies(stand_in: StandIn):
@@ -68,20 +87,298 @@ def journal(stand_in: StandIn) -> str:
 def command(stand_in: StandIn, study: str, preset: str, ks, trials: int, workers: int):
   return [sys.executable, "-m", "experiments.tune", f"--config={preset}", f"--trials={trials}",
           f"--storage=journal:{os.path.relpath(journal(stand_in), ROOT)}", f"--study_name={study}",
-          f"--workdir_root={os.path.join('workdirs', 'tuned', stand_in.name)}",
-          f"--objective_ks={','.join(map(str, ks))}", f"--num_workers={workers}", *stand_in.flags]
+          f"--workdir_root={os.path.relpath(os.path.join(WORKDIRS, stand_in.name), ROOT)}",
+          f"--objective_ks={','.join(map(str, ks))}", f"--num_workers={workers}", *stand_in.flags,
+          *stand_in.tune_flags]
+
+
+# --- the studies' records ----------------------------------------------------------------------------------------
+def load_studies(stand_in: StandIn) -> Dict[str, object]:
+  """{study name: optuna.Study} of the stand-in's studies that exist, in table order."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  from experiments import tune  # pylint: disable=g-import-not-at-top
+  if not os.path.exists(journal(stand_in)):
+    return {}
+  storage = tune.open_storage(f"journal:{journal(stand_in)}")
+  names = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+  return {name: optuna.load_study(study_name=name, storage=storage) for name, _, _ in studies(stand_in)
+          if name in names}
+
+
+def _finished(study):
+  import optuna  # pylint: disable=g-import-not-at-top
+  return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def best_flags(study) -> List[str]:
+  """The best trial's values as training flags (the post-hoc tau it chose included)."""
+  best = study.best_trial
+  out = [f"--{k}={v!r}" if isinstance(v, float) else f"--{k}={v}" for k, v in sorted(best.params.items())]
+  if "posthoc_tau" in best.user_attrs:
+    out.append(f"--posthoc_tau={best.user_attrs['posthoc_tau']!r}")
+  return out
+
+
+def trials_rows(stand_in: StandIn, loaded) -> List[dict]:
+  rows = []
+  params = sorted({p for study in loaded.values() for t in study.trials for p in t.params})
+  for name, study in loaded.items():
+    for t in study.trials:
+      fit = t.user_attrs.get("train_fit") or {}
+      row = {"stand_in": stand_in.name, "method": name, "trial": t.number, "state": t.state.name.lower(),
+             "value": "" if t.value is None else f"{t.value:.6f}",
+             "last_epoch_reported": max(t.intermediate_values) + 1 if t.intermediate_values else "",
+             "posthoc_tau": t.user_attrs.get("posthoc_tau", ""),
+             "train_fit_top1_accuracy": f"{fit['top1_accuracy']:.4f}" if "top1_accuracy" in fit else "",
+             "train_seconds": f"{t.user_attrs['train_seconds']:.1f}" if "train_seconds" in t.user_attrs else "",
+             "diverged": "yes" if "diverged" in t.user_attrs else "",
+             "retry_of": t.user_attrs.get("retry_of", "")}
+      row.update({p: (f"{t.params[p]:.6g}" if isinstance(t.params.get(p), float) else t.params.get(p, ""))
+                  for p in params})
+      rows.append(row)
+  return rows
+
+
+def _write_csv(path, rows):
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+# --- re-runs ------------------------------------------------------------------------------------------------------
+def rerun_workdir(stand_in: StandIn, study: str, seed: int) -> str:
+  return os.path.join(WORKDIRS, stand_in.name, "rerun", f"{study}_seed{seed}")
+
+
+def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
+  """Trains each study's best configuration with each seed (`parallel` at a time, each pinned to a core)."""
+  loaded = load_studies(stand_in)
+  commands = []
+  for name, preset, _ in studies(stand_in):
+    if name not in loaded or not any(t.value is not None for t in _finished(loaded[name])):
+      print(f"{name}: no finished study yet, skipped", flush=True)
+      continue
+    for seed in seeds:
+      workdir = rerun_workdir(stand_in, name, seed)
+      if os.path.exists(os.path.join(workdir, "results.json")):
+        continue
+      commands.append([sys.executable, "-m", "experiments.train", f"--config={preset}", f"--seed={seed}",
+                       *best_flags(loaded[name]), *stand_in.flags, f"--workdir={workdir}"])
+  from experiments import reproduce  # pylint: disable=g-import-not-at-top
+  cores = reproduce.usable_cores()
+  running = []
+  for i, cmd in enumerate(commands):
+    print(" ".join(cmd[1:]), flush=True)
+    if dry_run:
+      continue
+    if len(running) == parallel:
+      _wait_for(running.pop(0))
+    log = cmd[-1][len("--workdir="):] + ".log"  # beside the workdir; a pipe could fill and stall the run
+    os.makedirs(os.path.dirname(log), exist_ok=True)
+    with open(log, "w") as f:
+      running.append(subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT))
+    if parallel > 1 and len(cores) >= parallel:
+      os.sched_setaffinity(running[-1].pid, {cores[i % parallel]})
+  for proc in running:
+    _wait_for(proc)
+
+
+def _wait_for(proc):
+  if proc.wait():
+    log = proc.args[-1][len("--workdir="):] + ".log"
+    with open(log) as f:
+      raise RuntimeError(f"{' '.join(proc.args[1:])} failed ({proc.returncode}):\n{f.read()[-3000:]}")
+
+
+def rerun_rows(stand_in: StandIn, loaded) -> List[dict]:
+  rows = []
+  for name, _, ks in studies(stand_in):
+    for seed in (int(s) for s in _seeds()):
+      path = os.path.join(rerun_workdir(stand_in, name, seed), "results.json")
+      if name not in loaded or not os.path.exists(path):
+        continue
+      with open(path) as f:
+        results = json.load(f)
+      row = {"method": name, "seed": seed, "ks": " ".join(map(str, ks))}
+      for k in stand_in.ks:
+        row[f"macro_top{k}_accuracy"] = f"{results['test'][f'macro_top{k}_accuracy']:.4f}"
+        bayes = results.get("bayes")
+        row[f"bayes_macro_top{k}_accuracy"] = (f"{bayes['likelihood'][f'macro_top{k}_accuracy']:.4f}" if bayes
+                                               else "")
+      row["train_fit_top1_accuracy"] = f"{results['train_fit']['top1_accuracy']:.4f}"
+      row["train_seconds"] = f"{results['train_seconds']:.1f}"
+      row["flags"] = " ".join(best_flags(loaded[name]))
+      rows.append(row)
+  return rows
+
+
+# --- the report ---------------------------------------------------------------------------------------------------
+ROW_LABELS = {"ce": "CE", "ce_drw": "CE-DRW", "focal": "Focal", "ldam_drw": "LDAM-DRW", "mm_drw": "MM-DRW",
+              "la": "LA loss", "ce_posthoc_la": "CE + post-hoc LA", "vs": "VS loss",
+              "noised_imbalanced": "noised top-K, imbalanced", "noised_imbalanced_la": "noised top-K, imbalanced + LA"}
+
+
+def _cell_study(row: str, k: int) -> str:
+  return f"{row}_k{k}" if row in K_METHODS else row
+
+
+def _mean_std(values):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  if not values:
+    return "—"
+  return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def _tuned_values(stand_in: StandIn, study_name: str, study) -> str:
+  from experiments import config as config_lib  # pylint: disable=g-import-not-at-top
+  from experiments import configs  # pylint: disable=g-import-not-at-top
+  preset = dict((n, p) for n, p, _ in studies(stand_in))[study_name]
+  config = configs.get_preset(preset).config
+  space = config_lib.search_space(config)
+  best = study.best_trial
+  parts = []
+  for name, value in sorted(best.params.items()):
+    edge = space[name].on_edge(config, value) if name in space else None
+    parts.append(f"{name} {value:.3g}" + (f" (**{edge} edge**)" if edge else ""))
+  if "posthoc_tau" in best.user_attrs:
+    tau = best.user_attrs["posthoc_tau"]
+    edge = " (**grid edge**)" if tau in (min(config_lib.POSTHOC_TAUS), max(config_lib.POSTHOC_TAUS)) else ""
+    parts.append(f"post-hoc tau {tau:g}{edge}")
+  return ", ".join(parts)
+
+
+def _importances(study) -> str:
+  import optuna  # pylint: disable=g-import-not-at-top
+  try:
+    importances = optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+  except (RuntimeError, ValueError, ZeroDivisionError):
+    return "—"
+  return ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+
+
+def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
+  from experiments import regimes  # pylint: disable=g-import-not-at-top
+  defaults, default_fit = regimes.read_cells(os.path.join(ROOT, stand_in.defaults[0]), stand_in.defaults[1])
+  tuned, tuned_fit, bayes = {}, {}, {}
+  for r in reruns:
+    for k in (int(k) for k in r["ks"].split()):
+      row = r["method"].rsplit("_k", 1)[0] if r["method"].endswith(f"_k{k}") else r["method"]
+      tuned.setdefault((row, k), []).append(100 * float(r[f"macro_top{k}_accuracy"]))
+      tuned_fit.setdefault((row, k), []).append(100 * float(r["train_fit_top1_accuracy"]))
+      if r[f"bayes_macro_top{k}_accuracy"]:
+        bayes[k] = 100 * float(r[f"bayes_macro_top{k}_accuracy"])
+  ks = stand_in.ks
+  trials = {len(_finished(study)) for study in loaded.values()}
+  lines = [f"# Tuned, not defaulted: {stand_in.label}", "",
+           f"Generated by `python -m experiments.tuned --stand_in={stand_in.name} --report` from `studies.journal` "
+           "(the Optuna studies) and the re-runs; do not edit by hand. Each method: an `experiments.tune` study of "
+           f"its preset with {' or '.join(map(str, sorted(trials)))} finished trials (seeded TPE, median pruning, "
+           "the validation split only), then its best configuration trained with seeds 0, 1, 2 and tested once. "
+           "Default: the preset's values, from the grid's runs (seeds 0, 1, 2). The top-K losses have a study per "
+           "K; the other methods train one model and maximise the mean validation macro top-K over "
+           f"K = {', '.join(map(str, ks))}.", "",
+           "## Test macro top-K (%), mean ± std over seeds", "",
+           "| method | " + " | ".join(f"default top-{k} | tuned top-{k}" for k in ks)
+           + (" | " + " | ".join(f"tuned regret top-{k}" for k in ks) if bayes else "")
+           + " | train fit top-1, default / tuned |",
+           "|---|" + "---:|" * (2 * len(ks) + (len(ks) if bayes else 0) + 1)]
+  if bayes:
+    lines.append("| *Bayes-optimal (likelihood)* | " + " | ".join(f"*{bayes[k]:.2f}* | *{bayes[k]:.2f}*" for k in ks)
+                 + " | " + " | ".join("*0*" for _ in ks) + " | — |")
+  rows = list(METHODS) + list(K_METHODS)
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  for row in rows:
+    cells = []
+    for k in ks:
+      cells += [_mean_std(defaults.get((row, k), [])), _mean_std(tuned.get((row, k), []))]
+    if bayes:
+      cells += [f"{bayes[k] - np.mean(tuned[(row, k)]):.2f}" if (row, k) in tuned else "—" for k in ks]
+    fit_default = [v for (r, _), vs in default_fit.items() if r == row for v in vs]
+    fit_tuned = [v for (r, _), vs in tuned_fit.items() if r == row for v in vs]
+    fit = (f"{np.mean(fit_default):.1f} / {np.mean(fit_tuned):.1f}" if fit_default and fit_tuned else "—")
+    lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + f" | {fit} |")
+  lines += ["", "## The studies", "",
+            "Tuned values: the best trial's (**edge**: within 5 % of its range's end, in log units for a log range: "
+            "the range may have been too narrow). Importances: PED-ANOVA on the complete trials (Optuna's "
+            "`PedAnovaImportanceEvaluator`: how differently each value range is distributed among the best 10 % of "
+            "trials and among all; needs no scikit-learn); they sum to 1 within a study.", "",
+            "| study | finished (pruned) | failed | best validation (%) | tuned values | importances |",
+            "|---|---:|---:|---:|---|---|"]
+  import optuna  # pylint: disable=g-import-not-at-top
+  for name, study in loaded.items():
+    finished = _finished(study)
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in finished)
+    failed = sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+    has_best = any(t.state == optuna.trial.TrialState.COMPLETE for t in finished)
+    lines.append(f"| `{name}` | {len(finished)} ({pruned}) | {failed} | "
+                 + (f"{100 * study.best_value:.2f} | {_tuned_values(stand_in, name, study)} | {_importances(study)} |"
+                    if has_best else "— | — | — |"))
+  return "\n".join(lines) + "\n"
+
+
+def plot_best_so_far(loaded, path):
+  from experiments import aggregate  # pylint: disable=g-import-not-at-top
+  if not aggregate.can_plot():
+    return False
+  plt = aggregate._pyplot()  # pylint: disable=protected-access
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for name, study in loaded.items():
+    best, curve = None, []
+    for t in sorted(study.trials, key=lambda t: t.number):
+      if t.value is not None and (best is None or t.value > best):
+        best = t.value
+      curve.append(float("nan") if best is None else 100 * best)
+    ax.plot(range(1, len(curve) + 1), curve, label=name, linestyle="--" if "noised" in name else "-")
+  ax.set_xlabel("trials started")
+  ax.set_ylabel("best validation objective so far (%)")
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def report(stand_in: StandIn):
+  loaded = load_studies(stand_in)
+  if not loaded:
+    raise app.UsageError(f"No study of {stand_in.name} in {journal(stand_in)} yet.")
+  out = os.path.dirname(journal(stand_in))
+  _write_csv(os.path.join(out, "trials.csv"), trials_rows(stand_in, loaded))
+  reruns = rerun_rows(stand_in, loaded)
+  if reruns:
+    _write_csv(os.path.join(out, "reruns.csv"), reruns)
+  with open(os.path.join(out, "table.md"), "w") as f:
+    f.write(table(stand_in, loaded, reruns))
+  plot_best_so_far(loaded, os.path.join(out, "best_so_far.png"))
+  print(f"Wrote {os.path.relpath(out, ROOT)}/", flush=True)
+
+
+def _trials() -> int:
+  return 20 if FLAGS.trials is None else FLAGS.trials
+
+
+def _seeds():
+  return FLAGS.seeds or ["0", "1", "2"]
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected positional arguments: {argv[1:]}")
-  if FLAGS.stand_in is None:
-    raise app.UsageError(f"--stand_in is required: one of {sorted(STAND_INS)}.")
-  if FLAGS.trials < 1 or FLAGS.round < 1 or FLAGS.tune_workers < 1:
+  if FLAGS.stand_in not in STAND_INS:
+    raise app.UsageError(f"--stand_in must be one of {sorted(STAND_INS)}, got {FLAGS.stand_in}.")
+  if _trials() < 1 or FLAGS.round < 1 or FLAGS.tune_workers < 1:
     raise app.UsageError("--trials, --round and --tune_workers must be positive.")
   stand_in = STAND_INS[FLAGS.stand_in]
+  if FLAGS.report:
+    report(stand_in)
+    return
+  if FLAGS.rerun:
+    rerun(stand_in, [int(s) for s in _seeds()], dry_run=FLAGS.dry_run, parallel=FLAGS.tune_workers)
+    return
   os.makedirs(os.path.dirname(journal(stand_in)), exist_ok=True)
-  targets = list(range(min(FLAGS.round, FLAGS.trials), FLAGS.trials, FLAGS.round)) + [FLAGS.trials]
+  targets = list(range(min(FLAGS.round, _trials()), _trials(), FLAGS.round)) + [_trials()]
   for target in targets:
     for study, preset, ks in studies(stand_in):
       cmd = command(stand_in, study, preset, ks, target, FLAGS.tune_workers)

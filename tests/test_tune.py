@@ -1,5 +1,6 @@
 """experiments.tune: the declared search space, the trial loop (continuation, kills, pruning, divergence), the test
 split left alone, two worker processes on one study, and bad input."""
+import csv
 import dataclasses
 import os
 import signal
@@ -262,3 +263,46 @@ def test_the_tuning_page_carries_the_declared_space():
     page = f.read()
   table = page.split("tests/test_tune.py checks it -->\n", 1)[1].split("\n<!-- /space-table -->", 1)[0]
   assert table == tune.space_table(), "docs/tuning.md is stale: paste experiments.tune.space_table() into it"
+
+
+@pytest.mark.slow
+def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp_path, monkeypatch, capsys):
+  # Three methods of the generated 10-class problem, two trials each (round of one), one re-run seed: the loop, the
+  # re-runs and the report of experiments.tuned on a stand-in made for the test.
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  from experiments import tuned  # pylint: disable=g-import-not-at-top
+  stand_in = tuned.StandIn("tiny", "tiny", "synth_lt100_", (1, 3), ("docs/results/synthetic_lt/runs.csv", "lt100"),
+                           flags=tuple(TINY_FLAGS) + ("--epochs=2",), tune_flags=("--poll_seconds=0.5",))
+  monkeypatch.setattr(tuned, "STAND_INS", {"tiny": stand_in})
+  monkeypatch.setattr(tuned, "METHODS", ("ce", "ce_posthoc_la"))
+  monkeypatch.setattr(tuned, "K_METHODS", ("noised_imbalanced",))
+  monkeypatch.setattr(tuned, "RESULTS", str(tmp_path / "results"))
+  monkeypatch.setattr(tuned, "WORKDIRS", str(tmp_path / "workdirs"))
+  absl_flags.FLAGS.unparse_flags()
+  try:
+    for argv in (["--stand_in=tiny", "--trials=2", "--round=1", "--tune_workers=1"],
+                 ["--stand_in=tiny", "--rerun", "--seeds=0"], ["--stand_in=tiny", "--report", "--seeds=0"]):
+      absl_flags.FLAGS(["tuned", *argv])
+      tuned.main(["tuned"])
+      absl_flags.FLAGS.unparse_flags()
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+  out = tmp_path / "results" / "tiny"
+  loaded = tuned.load_studies(stand_in)
+  assert list(loaded) == ["ce", "ce_posthoc_la", "noised_imbalanced_k1", "noised_imbalanced_k3"]
+  assert all(len(study.trials) == 2 for study in loaded.values())
+  with open(out / "trials.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 8 and {r["method"] for r in rows} == set(loaded)
+  assert all(r["state"] == "complete" and 0 <= float(r["value"]) <= 1 for r in rows)
+  assert all(r["posthoc_tau"] != "" for r in rows if r["method"] == "ce_posthoc_la")
+  with open(out / "reruns.csv") as f:
+    reruns = list(csv.DictReader(f))
+  assert [r["method"] for r in reruns] == list(loaded)
+  # Each re-run trained the best trial's values: its learning rate is in the recorded flags.
+  for r in reruns:
+    assert f"--learning_rate={loaded[r['method']].best_params['learning_rate']!r}" in r["flags"]
+  table = (out / "table.md").read_text()
+  assert "| CE |" in table and "| noised top-K, imbalanced |" in table and "| `noised_imbalanced_k3` | 2 (0) | 0 |" in table
+  assert "tuned regret top-1" in table  # synthetic_lt has its Bayes optimum
+  capsys.readouterr()
