@@ -125,6 +125,7 @@ def trials_rows(stand_in: StandIn, loaded) -> List[dict]:
   for name, study in loaded.items():
     for t in study.trials:
       fit = t.user_attrs.get("train_fit") or {}
+      # `value`: the objective of a complete trial; of a pruned one, its score at the epoch it stopped.
       row = {"stand_in": stand_in.name, "method": name, "trial": t.number, "state": t.state.name.lower(),
              "value": "" if t.value is None else f"{t.value:.6f}",
              "last_epoch_reported": max(t.intermediate_values) + 1 if t.intermediate_values else "",
@@ -156,7 +157,7 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
   loaded = load_studies(stand_in)
   commands = []
   for name, preset, _ in studies(stand_in):
-    if name not in loaded or not any(t.value is not None for t in _finished(loaded[name])):
+    if name not in loaded or not any(t.state.name == "COMPLETE" for t in loaded[name].trials):
       print(f"{name}: no finished study yet, skipped", flush=True)
       continue
     for seed in seeds:
@@ -327,7 +328,8 @@ def plot_best_so_far(loaded, path):
   for name, study in loaded.items():
     best, curve = None, []
     for t in sorted(study.trials, key=lambda t: t.number):
-      if t.value is not None and (best is None or t.value > best):
+      # A pruned trial's value is its score at the epoch it stopped: not a result, so not a best.
+      if t.state.name == "COMPLETE" and (best is None or t.value > best):
         best = t.value
       curve.append(float("nan") if best is None else 100 * best)
     ax.plot(range(1, len(curve) + 1), curve, label=name, linestyle="--" if "noised" in name else "-")
