@@ -315,12 +315,19 @@ def build(results_dir: str) -> str:
   return "\n".join(lines)
 
 
+def tuned_pages(results_dir: str) -> List[str]:
+  """The equal-budget studies' tables (experiments.tuned), relative to `results_dir`, in name order."""
+  tuned = os.path.join(results_dir, "tuned")
+  names = sorted(os.listdir(tuned)) if os.path.isdir(tuned) else []
+  return [f"tuned/{n}/table.md" for n in names if os.path.exists(os.path.join(tuned, n, "table.md"))]
+
+
 def render(results_dir: str, readme: Optional[str] = None, figure: bool = True) -> Dict[str, bytes]:
   """path -> the bytes the committed runs.csv give: regimes.md, index.md, summary.png (with `figure`) and, when
   `readme` names a file with the results-index markers, that file with its block rewritten."""
   rows = summaries(results_dir)
   out = {os.path.join(results_dir, "regimes.md"): build(results_dir).encode(),
-         os.path.join(results_dir, "index.md"): results_index.index_page(rows).encode()}
+         os.path.join(results_dir, "index.md"): results_index.index_page(rows, tuned_pages(results_dir)).encode()}
   if figure:
     out[os.path.join(results_dir, results_index.FIGURE)] = results_index.summary_png(rows)
   if readme and os.path.exists(readme):

@@ -91,8 +91,9 @@ def counts(summaries: Sequence[Summary]) -> Tuple[int, int, int, int]:
           sum(g.delta > 2 * g.se for g in gaps))
 
 
-def index_page(summaries: Sequence[Summary]) -> str:
-  """docs/results/index.md: the figure, its caption and one row per stand-in."""
+def index_page(summaries: Sequence[Summary], tuned: Sequence[str] = ()) -> str:
+  """docs/results/index.md: the figure, its caption, one row per stand-in and links to the `tuned` studies' pages
+  (their paths relative to docs/results/, e.g. tuned/fashion_exp100/table.md)."""
   total, below, beyond, above = counts(summaries)
   gaps = [g for s in summaries for g in s.gaps]
   lines = [
@@ -130,6 +131,13 @@ def index_page(summaries: Sequence[Summary]) -> str:
       "More: [regimes.md](regimes.md) (which stand-in reproduces the seed tables' baseline orderings, and claims 2 "
       "and 4 with the LA method named at each K) and [regimes_protocols.md](regimes_protocols.md) (how the fit and "
       "pretrained regimes were chosen).", ""]
+  if tuned:
+    links = ", ".join(f"[{path.split('/')[-2]}]({path})" for path in tuned)
+    lines += ["## Tuned", "",
+              "The rows above train each method with its papers' hyperparameters. The equal-budget studies give "
+              "every method of a stand-in the same Optuna budget on the validation split, then test each best "
+              "configuration once on 3 seeds ([tuning](../tuning.md)), and re-check claims 2 and 4 on the tuned "
+              f"runs: {links}.", ""]
   return "\n".join(lines)
 
 

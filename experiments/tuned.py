@@ -249,14 +249,19 @@ def _tuned_values(stand_in: StandIn, study_name: str, study) -> str:
   return ", ".join(parts)
 
 
-def _importances(study) -> str:
+def _importance_dict(study) -> Dict[str, float]:
+  """PED-ANOVA importances of a study, most important first ({} when they cannot be computed)."""
   import optuna  # pylint: disable=g-import-not-at-top
   try:
-    importances = optuna.importance.get_param_importances(
-        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+    return dict(optuna.importance.get_param_importances(
+        study, evaluator=optuna.importance.PedAnovaImportanceEvaluator()))
   except (RuntimeError, ValueError, ZeroDivisionError):
-    return "—"
-  return ", ".join(f"{k} {v:.2f}" for k, v in importances.items())
+    return {}
+
+
+def _importances(study) -> str:
+  importances = _importance_dict(study)
+  return ", ".join(f"{k} {v:.2f}" for k, v in importances.items()) if importances else "—"
 
 
 def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
@@ -300,6 +305,7 @@ def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
     fit_tuned = [v for (r, _), vs in tuned_fit.items() if r == row for v in vs]
     fit = (f"{np.mean(fit_default):.1f} / {np.mean(fit_tuned):.1f}" if fit_default and fit_tuned else "—")
     lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + f" | {fit} |")
+  lines += verdict_lines(stand_in, {key: v for key, v in defaults.items() if key[0] in rows}, tuned, loaded)
   lines += ["", "## The studies", "",
             "Tuned values: the best trial's (**edge**: within 5 % of its range's end, in log units for a log range: "
             "the range may have been too narrow). Importances: PED-ANOVA on the complete trials (Optuna's "
@@ -317,6 +323,76 @@ def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
                  + (f"{100 * study.best_value:.2f} | {_tuned_values(stand_in, name, study)} | {_importances(study)} |"
                     if has_best else "— | — | — |"))
   return "\n".join(lines) + "\n"
+
+
+def _mean_over_ks(cells, row, ks):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return float(np.mean([np.mean(cells[(row, k)]) for k in ks])) if all((row, k) in cells for k in ks) else None
+
+
+def verdict_lines(stand_in: StandIn, defaults, tuned, loaded) -> List[str]:
+  """The '## Default against tuned' section: the paper's claims 2 and 4 and VS against the best LA row at each K,
+  the seed tables' baseline orderings, and what tuning moved (the spread of the losses against CE's own gain)."""
+  from experiments import regimes  # pylint: disable=g-import-not-at-top
+  if not tuned:
+    return []
+  ks = stand_in.ks
+  lines = ["", "## Default against tuned", "",
+           "The same checks as [regimes.md](../../regimes.md), among the methods above only (the default columns are "
+           "re-ranked among them too), on the default and on the tuned runs; ± the standard error of a difference "
+           "of means over seeds; verdicts beyond twice it (\"within noise\" otherwise). Claim 2: rank of the "
+           "imbalanced noised top-K loss and its difference to the best other method. Claim 4: imbalanced noised "
+           "top-K minus the best logit-adjusted row (LA loss or CE + post-hoc LA).", "",
+           "| K | runs | claim 2: rank; noised - best other | claim 4: noised - best LA | VS - best LA |",
+           "|---|---|---|---|---|"]
+  for k in ks:
+    for name, cells in (("default", defaults), ("tuned", tuned)):
+      lines.append(f"| {k} | {name} | " + " | ".join(regimes.claims_row(cells, k, ROW_LABELS)) + " |")
+  orderings = [o for o in regimes.ORDERINGS if all((m, 1) in tuned and (m, 1) in defaults for m in (o.a, o.b))]
+  if orderings:
+    lines += ["", "The seed tables' baseline orderings at K = 1 that these methods cover (seed figures in "
+              "[regimes.md](../../regimes.md); \"yes\": the seed's sign beyond twice the standard error):", "",
+              "| ordering | seed | default | tuned |", "|---|---|---|---|"]
+    for o in orderings:
+      seed = ", ".join(f"{v:+.2f} ({t})" for t, v in o.seed)
+      lines.append(f"| {o.label} | {seed} | {regimes.ordering_cell(defaults, o)[0]} | "
+                   f"{regimes.ordering_cell(tuned, o)[0]} |")
+  # What tuning moved: each method's gain, the spread of the losses, and CE's gain from its two optimiser values.
+  single = [m for m in METHODS if _mean_over_ks(tuned, m, ks) is not None and _mean_over_ks(defaults, m, ks)
+            is not None]
+  if "ce" in single:
+    mean_k = f"mean over K = {', '.join(map(str, ks))}"
+    gains = {m: _mean_over_ks(tuned, m, ks) - _mean_over_ks(defaults, m, ks) for m in single}
+    ce_gain = gains["ce"]
+    tuned_order = sorted(single, key=lambda m: -_mean_over_ks(tuned, m, ks))
+    default_order = sorted(single, key=lambda m: -_mean_over_ks(defaults, m, ks))
+    spread_t = _mean_over_ks(tuned, tuned_order[0], ks) - _mean_over_ks(tuned, tuned_order[-1], ks)
+    spread_d = _mean_over_ks(defaults, default_order[0], ks) - _mean_over_ks(defaults, default_order[-1], ks)
+    best_over_ce = _mean_over_ks(tuned, tuned_order[0], ks) - _mean_over_ks(tuned, "ce", ks)
+    ce_t, ce_d = _mean_over_ks(tuned, "ce", ks), _mean_over_ks(defaults, "ce", ks)
+    beaten = [ROW_LABELS[m] for m in default_order if _mean_over_ks(defaults, m, ks) < ce_t]
+    lines += ["", f"What tuning moved (macro top-K, {mean_k}, mean over seeds, points; the methods that train one "
+              "model):", "",
+              "| method | default | tuned | tuned - default |", "|---|---:|---:|---:|"]
+    for m in single:
+      lines.append(f"| {ROW_LABELS[m]} | {_mean_over_ks(defaults, m, ks):.2f} | {_mean_over_ks(tuned, m, ks):.2f} "
+                   f"| {gains[m]:+.2f} |")
+    wd_ranks = []
+    for study in loaded.values():
+      imp = _importance_dict(study)
+      if "weight_decay" in imp:
+        wd_ranks.append(list(imp).index("weight_decay") + 1)
+    lines += ["", f"- CE tuned (learning rate and weight decay only) - CE default: {ce_gain:+.2f}; tuned CE "
+              f"({ce_t:.2f}) is above the default of {len(beaten)} of the {len(single)} methods"
+              + (f" ({', '.join(beaten)})" if beaten else "") + ".",
+              f"- The spread of the losses (best - worst method): {spread_d:.2f} at their defaults "
+              f"({ROW_LABELS[default_order[0]]} - {ROW_LABELS[default_order[-1]]}), {spread_t:.2f} tuned "
+              f"({ROW_LABELS[tuned_order[0]]} - {ROW_LABELS[tuned_order[-1]]}); the best tuned method - tuned CE: "
+              f"{best_over_ce:+.2f}.",
+              f"- Weight decay's PED-ANOVA importance rank in each study: "
+              + (", ".join(f"{r}" for r in wd_ranks) + f" (first in {sum(r == 1 for r in wd_ranks)} of "
+                 f"{len(wd_ranks)} studies)." if wd_ranks else "not computable.")]
+  return lines
 
 
 def plot_best_so_far(loaded, path):
@@ -354,7 +430,8 @@ def report(stand_in: StandIn):
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(table(stand_in, loaded, reruns))
   plot_best_so_far(loaded, os.path.join(out, "best_so_far.png"))
-  print(f"Wrote {os.path.relpath(out, ROOT)}/", flush=True)
+  print(f"Wrote {os.path.relpath(out, ROOT)}/; `python -m experiments.regimes` links its table.md from "
+        "docs/results/index.md.", flush=True)
 
 
 def _trials() -> int:

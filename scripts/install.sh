@@ -5,7 +5,7 @@
 # The environment does not see the machine's site-packages, so what passes here passes for a new user: a package the
 # machine happens to have (torch, say) cannot leak into the tests. NTK_VENV moves it (default: .venv);
 # NTK_REQUIREMENTS names more requirement files installed with requirements.txt (CI's torch environment:
-# NTK_VENV=.venv-torch NTK_REQUIREMENTS=benchmarks/requirements.txt).
+# NTK_VENV=.venv-torch NTK_REQUIREMENTS=benchmarks/requirements.txt); NTK_INSTALL_DATASET=0 leaves Fashion-MNIST out.
 # Prints the Python interpreter to use on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ for extra in ${NTK_REQUIREMENTS:-}; do
 done
 "$VENV/bin/python" -m pip install -q "${REQUIREMENTS[@]}" >&2
 
-if [[ ! -d /usr/share/datasets/fashion-mnist ]]; then
+if [[ ${NTK_INSTALL_DATASET:-1} != 0 && ! -d /usr/share/datasets/fashion-mnist ]]; then
   if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; } >&2 \
       || echo "apt-get could not install dataset-fashion-mnist: the trainer will download Fashion-MNIST through" \

@@ -73,6 +73,14 @@ def test_the_index_row_and_the_figure_bars_show_those_differences(tmp_path):
   assert [(x, k) for x, k, _, _ in bars] == [(pytest.approx(-0.2), 1), (pytest.approx(0.2), 3)]
   assert [h for _, _, h, _ in bars] == pytest.approx([6.0, -4.0])
   assert [e for _, _, _, e in bars] == pytest.approx([2 * SE1, 2 * SE3])
+  assert "## Tuned" not in page  # no study has a table yet
+  (tmp_path / "tuned" / "fashion_exp100").mkdir(parents=True)
+  (tmp_path / "tuned" / "empty").mkdir()
+  (tmp_path / "tuned" / "fashion_exp100" / "table.md").write_text("# Tuned\n")
+  assert regimes.tuned_pages(str(tmp_path)) == ["tuned/fashion_exp100/table.md"]
+  page = results_index.index_page(rows, regimes.tuned_pages(str(tmp_path)))
+  assert page.split("## Tuned")[1].count("](") == 2  # the tuning page and the study's table
+  assert "[fashion_exp100](tuned/fashion_exp100/table.md)" in page
   block = results_index.readme_block(rows)
   assert "[synthetic_lt](docs/results/synthetic_lt/table.md)" in block
   assert f"| 60.0 | 1 / 3 | +6.00 ± {SE1:.2f} / -4.00 ± {SE3:.2f} |" in block

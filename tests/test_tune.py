@@ -305,4 +305,9 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
   table = (out / "table.md").read_text()
   assert "| CE |" in table and "| noised top-K, imbalanced |" in table and "| `noised_imbalanced_k3` | 2 (0) | 0 |" in table
   assert "tuned regret top-1" in table  # synthetic_lt has its Bayes optimum
+  # The claims on the default and the tuned runs, among these methods only (3 of them at each K).
+  assert "| 1 | default | " in table and "| 3 | tuned | " in table
+  claim_rows = [line for line in table.splitlines() if line.startswith(("| 1 | ", "| 3 | "))]
+  assert len(claim_rows) == 4 and all(" of 3; " in line and "vs CE + post-hoc LA" in line for line in claim_rows)
+  assert "| CE | " in table.split("What tuning moved")[1] and "CE tuned (learning rate and weight decay only)" in table
   capsys.readouterr()
