@@ -312,6 +312,13 @@ def build(results_dir: str) -> str:
   if missing:
     lines += ["Not run yet (no `runs.csv`): " + "; ".join(f"`{s.grid}` ({s.problem}, {s.regime})" for s in missing)
               + ".", ""]
+  tuned = tuned_pages(results_dir)
+  if tuned:
+    lines += ["## Tuned", "",
+              "Every figure above compares the methods at their papers' hyperparameters. Claims 2 and 4, VS against "
+              "the best LA row and the baseline orderings re-checked after every method had the same Optuna budget "
+              "on validation: " + ", ".join(f"[{p.split('/')[-2]}]({p})" for p in tuned) + " (section \"Default "
+              "against tuned\").", ""]
   return "\n".join(lines)
 
 

@@ -43,6 +43,8 @@ flags.DEFINE_list("space", [], "Changed ranges, field=low:high or field=low:high
 flags.DEFINE_integer("sampler_seed", 0, "Seed of the TPE sampler (with each trial's index).")
 flags.DEFINE_float("stale_after", 3600.0, "Seconds without an epoch after which another machine's running trial "
                    "counts as killed (this machine's are checked by process id).")
+flags.DEFINE_boolean("default_trial", True, "A new study's first trial is the preset's own values (never pruned), "
+                     "so that the tuned values are never worse on validation than the untuned ones.")
 flags.DEFINE_float("poll_seconds", 30.0, "How often a worker with nothing to start checks whether the trials "
                    "running elsewhere finished or were killed.")
 
@@ -175,7 +177,7 @@ class Tuner:
       self._log(trial, "diverged (finished as pruned)", t0)
       return
     except (KeyboardInterrupt, SystemExit):  # killed: failed, and retried with the same values
-      self.retry(trial.number, trial.params, workdir)
+      self.retry(trial.number, trial.params, workdir, default=bool(trial.user_attrs.get("default")))
       self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
       raise
     except BaseException:  # broken (a bug, a bad value): failed, and the worker stops with the message
@@ -212,7 +214,8 @@ class Tuner:
       if "val" not in record:
         return
       trial.report(objective_value(record["val"], self.objective_ks), record["epoch"])
-      if trial.should_prune():
+      # The default values are the reference every tuned value is compared with: always trained to the end.
+      if not trial.user_attrs.get("default") and trial.should_prune():
         raise optuna.TrialPruned()
 
     posthoc = config_lib.POSTHOC_TAUS if config.posthoc_tau else ()
@@ -228,9 +231,21 @@ class Tuner:
     return objective_value(metrics, self.objective_ks)
 
   # -- killed trials -----------------------------------------------------------------------------------------------
-  def retry(self, number, params, workdir):
-    """Queues the values of killed trial `number` again; the retry resumes from its work directory."""
-    self.study.enqueue_trial(params, user_attrs={"retry_of": number, "workdir": workdir}, skip_if_exists=False)
+  def enqueue_default(self):
+    """Queues the base config's own values of the searched fields as a trial, once per study (none when the study
+    already has one). Returns the values queued, or None."""
+    if any(t.user_attrs.get("default") for t in self.study.get_trials(deepcopy=False)):
+      return None
+    values = {name: config_lib.loss_tau(self.base_config) if name == "tau" else getattr(self.base_config, name)
+              for name in self.space}  # tau None: the loss's own default
+    self.study.enqueue_trial(values, user_attrs={"default": True}, skip_if_exists=False)
+    return values
+
+  def retry(self, number, params, workdir, default=False):
+    """Queues the values of killed trial `number` again; the retry resumes from its work directory (and is the
+    study's default trial if that one was)."""
+    attrs = {"retry_of": number, "workdir": workdir, **({"default": True} if default else {})}
+    self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
 
   def fail_stale_trials(self):
     import optuna  # pylint: disable=g-import-not-at-top
@@ -251,7 +266,7 @@ class Tuner:
         continue  # another worker got there first and queued the retry
       logging.warning("Trial %d (pid %s on %s) was killed: failed, and queued again with the same values.",
                       t.number, attrs.get("pid"), attrs.get("host"))
-      self.retry(t.number, t.params, attrs.get("workdir"))
+      self.retry(t.number, t.params, attrs.get("workdir"), default=bool(attrs.get("default")))
 
 
 def _process_alive(pid) -> bool:
@@ -340,6 +355,8 @@ def prepare():
                 workdir=os.path.join(_workdir_root(), name), sampler_seed=FLAGS.sampler_seed,
                 worker_index=_worker_index(), stale_after=FLAGS.stale_after,
                 poll_seconds=FLAGS.poll_seconds)
+  if FLAGS.default_trial and _worker_index() == 0:  # before worker 0 starts the others: queued once
+    tuner.enqueue_default()
   return study, tuner, storage_url
 
 

@@ -1,12 +1,13 @@
 r"""The equal-budget studies of docs/results/tuned/: every method of a stand-in tuned with the same number of trials.
 
-  python -m experiments.tuned --stand_in=plantnet1081 --trials=20          # run (or continue) its studies
-  python -m experiments.tuned --stand_in=fashion_exp100 --trials=20 --dry_run
+  python -m experiments.tuned --stand_in=plantnet1081                      # run (or continue) its studies
+  python -m experiments.tuned --stand_in=fashion_exp100 --trials=21 --dry_run
   python -m experiments.tuned --stand_in=fashion_exp100 --rerun           # each best configuration, 3 seeds, tested
   python -m experiments.tuned --stand_in=fashion_exp100 --report          # table.md, trials.csv, best_so_far.png
 
 Each method of the stand-in is one `experiments.tune` study (its preset, the same sampler seed, pruner and training
-seed for all) in one journal file per stand-in, `docs/results/tuned/<stand_in>/studies.journal`, kept in the
+seed for all; 21 finished trials by default: the preset's own values first, never pruned, then 20 searched) in one
+journal file per stand-in, `docs/results/tuned/<stand_in>/studies.journal`, kept in the
 repository; the trials' work directories go to `workdirs/tuned/<stand_in>/`. The studies advance in rounds of
 `--round` trials, every method to the same count before the next round, so that a stopped run leaves the methods
 with equal budgets. The top-K losses have a study per K, whose objective is the validation macro top-K at that K;
@@ -14,7 +15,8 @@ the methods that train one model for every K maximise the mean of the validation
 K (the same K range they are reported on).
 
 `--rerun` trains each study's best configuration with seeds 0, 1, 2 (`experiments.train`, test split read once, at
-the end of each run) into `workdirs/tuned/<stand_in>/rerun/`; `--report` writes `docs/results/tuned/<stand_in>/`:
+the end of each run) into `workdirs/tuned/<stand_in>/rerun/<study>_trial<n>_seed<s>` (a study continued to a new best gets new
+re-runs); `--report` writes `docs/results/tuned/<stand_in>/`:
 `trials.csv` (one row per trial), `reruns.csv` (one row per re-run), `table.md` (default against tuned macro top-K,
 the tuned values with those on the edge of their range flagged, each study's parameter importances) and
 `best_so_far.png` (best validation value against trials, per study).
@@ -132,6 +134,7 @@ def trials_rows(stand_in: StandIn, loaded) -> List[dict]:
              "posthoc_tau": t.user_attrs.get("posthoc_tau", ""),
              "train_fit_top1_accuracy": f"{fit['top1_accuracy']:.4f}" if "top1_accuracy" in fit else "",
              "train_seconds": f"{t.user_attrs['train_seconds']:.1f}" if "train_seconds" in t.user_attrs else "",
+             "default": "yes" if t.user_attrs.get("default") else "",
              "diverged": "yes" if "diverged" in t.user_attrs else "",
              "retry_of": t.user_attrs.get("retry_of", "")}
       row.update({p: (f"{t.params[p]:.6g}" if isinstance(t.params.get(p), float) else t.params.get(p, ""))
@@ -148,8 +151,9 @@ def _write_csv(path, rows):
 
 
 # --- re-runs ------------------------------------------------------------------------------------------------------
-def rerun_workdir(stand_in: StandIn, study: str, seed: int) -> str:
-  return os.path.join(WORKDIRS, stand_in.name, "rerun", f"{study}_seed{seed}")
+def rerun_workdir(stand_in: StandIn, study, seed: int) -> str:
+  """The re-run of `study`'s best trial with `seed`: a study continued to a new best gets new re-runs."""
+  return os.path.join(WORKDIRS, stand_in.name, "rerun", f"{study.study_name}_trial{study.best_trial.number}_seed{seed}")
 
 
 def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
@@ -161,7 +165,7 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
       print(f"{name}: no finished study yet, skipped", flush=True)
       continue
     for seed in seeds:
-      workdir = rerun_workdir(stand_in, name, seed)
+      workdir = rerun_workdir(stand_in, loaded[name], seed)
       if os.path.exists(os.path.join(workdir, "results.json")):
         continue
       commands.append([sys.executable, "-m", "experiments.train", f"--config={preset}", f"--seed={seed}",
@@ -196,8 +200,10 @@ def rerun_rows(stand_in: StandIn, loaded) -> List[dict]:
   rows = []
   for name, _, ks in studies(stand_in):
     for seed in (int(s) for s in _seeds()):
-      path = os.path.join(rerun_workdir(stand_in, name, seed), "results.json")
-      if name not in loaded or not os.path.exists(path):
+      if name not in loaded or not any(t.state.name == "COMPLETE" for t in loaded[name].trials):
+        continue
+      path = os.path.join(rerun_workdir(stand_in, loaded[name], seed), "results.json")
+      if not os.path.exists(path):
         continue
       with open(path) as f:
         results = json.load(f)
@@ -238,7 +244,7 @@ def _tuned_values(stand_in: StandIn, study_name: str, study) -> str:
   config = configs.get_preset(preset).config
   space = config_lib.search_space(config)
   best = study.best_trial
-  parts = []
+  parts = ["**the default**"] if best.user_attrs.get("default") else []
   for name, value in sorted(best.params.items()):
     edge = space[name].on_edge(config, value) if name in space else None
     parts.append(f"{name} {value:.3g}" + (f" (**{edge} edge**)" if edge else ""))
@@ -281,7 +287,9 @@ def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
            f"Generated by `python -m experiments.tuned --stand_in={stand_in.name} --report` from `studies.journal` "
            "(the Optuna studies) and the re-runs; do not edit by hand. Each method: an `experiments.tune` study of "
            f"its preset with {' or '.join(map(str, sorted(trials)))} finished trials (seeded TPE, median pruning, "
-           "the validation split only), then its best configuration trained with seeds 0, 1, 2 and tested once. "
+           "the validation split only; where a study has a trial of the preset's own values, trained to the end, "
+           "its tuned values are never below them on validation), then its best configuration trained with seeds "
+           "0, 1, 2 and tested once. "
            "Default: the preset's values, from the grid's runs (seeds 0, 1, 2). The top-K losses have a study per "
            "K; the other methods train one model and maximise the mean validation macro top-K over "
            f"K = {', '.join(map(str, ks))}.", "",
@@ -434,8 +442,11 @@ def report(stand_in: StandIn):
         "docs/results/index.md.", flush=True)
 
 
+DEFAULT_TRIALS = 21  # each study: its default trial (the preset's values) and 20 searched ones
+
+
 def _trials() -> int:
-  return 20 if FLAGS.trials is None else FLAGS.trials
+  return DEFAULT_TRIALS if FLAGS.trials is None else FLAGS.trials
 
 
 def _seeds():

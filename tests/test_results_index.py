@@ -81,6 +81,8 @@ def test_the_index_row_and_the_figure_bars_show_those_differences(tmp_path):
   page = results_index.index_page(rows, regimes.tuned_pages(str(tmp_path)))
   assert page.split("## Tuned")[1].count("](") == 2  # the tuning page and the study's table
   assert "[fashion_exp100](tuned/fashion_exp100/table.md)" in page
+  assert "## Tuned" in regimes.build(str(tmp_path)) and "(tuned/fashion_exp100/table.md)" in regimes.build(
+      str(tmp_path))
   block = results_index.readme_block(rows)
   assert "[synthetic_lt](docs/results/synthetic_lt/table.md)" in block
   assert f"| 60.0 | 1 / 3 | +6.00 ± {SE1:.2f} / -4.00 ± {SE3:.2f} |" in block

@@ -136,6 +136,25 @@ def test_a_rerun_continues_the_study_to_its_total_with_new_values(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_default_trial_comes_first_once_with_the_preset_values_and_is_never_pruned(tmp_path):
+  storage = f"journal:{tmp_path / 'study.journal'}"
+  prune_all = optuna.pruners.ThresholdPruner(upper=-1.0)  # prunes every trial at its first report
+  tuner = _tuner(tmp_path, trials=2, storage=tune.open_storage(storage), pruner=prune_all)
+  queued = tuner.enqueue_default()
+  config = tuner.base_config
+  assert queued == {"learning_rate": config.learning_rate, "weight_decay": config.weight_decay, "tau": 1.0}
+  assert tuner.enqueue_default() is None  # one per study
+  assert tuner.run() == 2
+  default, searched = tuner.study.trials
+  assert default.user_attrs["default"] and default.params == queued
+  assert default.state == optuna.trial.TrialState.COMPLETE and sorted(default.intermediate_values) == [0, 1, 2]
+  assert searched.state == optuna.trial.TrialState.PRUNED and "default" not in searched.user_attrs
+  continued = _tuner(tmp_path, trials=3, storage=tune.open_storage(storage), pruner=prune_all)
+  assert continued.enqueue_default() is None  # a continued study has its default already
+  assert continued.run() == 3 and sum(bool(t.user_attrs.get("default")) for t in continued.study.trials) == 1
+
+
+@pytest.mark.slow
 def test_a_pruned_trial_stops_training_and_a_diverged_one_is_finished_as_pruned(tmp_path):
   # A pruner that prunes at the first report: training stops after the first epoch.
   tuner = _tuner(tmp_path, trials=1, pruner=optuna.pruners.ThresholdPruner(upper=-1.0))
@@ -167,6 +186,7 @@ def test_an_interrupted_trial_is_failed_and_retried_with_its_values_from_its_che
     return original(config, workdir, on_epoch=stop_after_two, **kwargs)
 
   monkeypatch.setattr(train_lib, "train_and_evaluate", interrupted)
+  tuner.enqueue_default()  # the interrupted trial is the study's default: so is its retry
   with pytest.raises(KeyboardInterrupt):
     tuner.run()
   monkeypatch.setattr(train_lib, "train_and_evaluate", original)
@@ -175,7 +195,7 @@ def test_an_interrupted_trial_is_failed_and_retried_with_its_values_from_its_che
   failed, retried = tuner.study.trials
   assert failed.state == optuna.trial.TrialState.FAIL and retried.state == optuna.trial.TrialState.COMPLETE
   assert retried.params == failed.params and retried.user_attrs["retry_of"] == failed.number
-  assert retried.user_attrs["workdir"] == failed.user_attrs["workdir"]
+  assert retried.user_attrs["default"] and retried.user_attrs["workdir"] == failed.user_attrs["workdir"]
   # Resumed: the two epochs of the interrupted attempt come back from its checkpoint, the third is new.
   assert sorted(retried.intermediate_values) == [0, 1, 2]
   assert retried.intermediate_values[1] == failed.intermediate_values[1]
@@ -205,6 +225,7 @@ def test_two_worker_processes_finish_one_study_without_duplicate_or_lost_trials(
   # Two workers may each start one of the last trials: at most one beyond the total, never fewer, none lost.
   assert 4 <= len(finished) == len(trials) <= 5
   assert {t.user_attrs["worker"] for t in trials} == {0, 1}
+  assert [bool(t.user_attrs.get("default")) for t in trials].count(True) == 1 and trials[0].user_attrs["default"]
   assert len({tuple(sorted(t.params.items())) for t in trials}) == len(trials)
   assert len({t.user_attrs["workdir"] for t in trials}) == len(trials)
   assert all(os.path.exists(os.path.join(t.user_attrs["workdir"], "results.json")) for t in trials)
@@ -230,6 +251,7 @@ def test_a_killed_worker_trial_is_failed_and_retried_by_the_next_run(tmp_path):
   killed, retried = _trials(tmp_path, storage="sqlite")
   assert killed.state == optuna.trial.TrialState.FAIL and retried.state == optuna.trial.TrialState.COMPLETE
   assert retried.params == killed.params and retried.user_attrs["retry_of"] == 0
+  assert killed.user_attrs["default"] and retried.user_attrs["default"]  # the default trial, killed and retried
   assert "was killed" in rerun.stderr
   assert "1 complete, 0 pruned, 1 failed" in rerun.stdout
   # Resumed from the killed attempt's checkpoints: its epochs come back (as reported values) with the same scores.
@@ -267,11 +289,11 @@ def test_the_tuning_page_carries_the_declared_space():
 
 @pytest.mark.slow
 def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp_path, monkeypatch, capsys):
-  # Three methods of the generated 10-class problem, two trials each (round of one), one re-run seed: the loop, the
-  # re-runs and the report of experiments.tuned on a stand-in made for the test.
+  # Three methods of the generated 10-class problem at K = 1, two trials each (the default and one searched), one
+  # re-run seed: the loop, the re-runs and the report of experiments.tuned on a stand-in made for the test.
   from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
   from experiments import tuned  # pylint: disable=g-import-not-at-top
-  stand_in = tuned.StandIn("tiny", "tiny", "synth_lt100_", (1, 3), ("docs/results/synthetic_lt/runs.csv", "lt100"),
+  stand_in = tuned.StandIn("tiny", "tiny", "synth_lt100_", (1,), ("docs/results/synthetic_lt/runs.csv", "lt100"),
                            flags=tuple(TINY_FLAGS) + ("--epochs=2",), tune_flags=("--poll_seconds=0.5",))
   monkeypatch.setattr(tuned, "STAND_INS", {"tiny": stand_in})
   monkeypatch.setattr(tuned, "METHODS", ("ce", "ce_posthoc_la"))
@@ -280,7 +302,7 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
   monkeypatch.setattr(tuned, "WORKDIRS", str(tmp_path / "workdirs"))
   absl_flags.FLAGS.unparse_flags()
   try:
-    for argv in (["--stand_in=tiny", "--trials=2", "--round=1", "--tune_workers=1"],
+    for argv in (["--stand_in=tiny", "--trials=2", "--round=2", "--tune_workers=1"],
                  ["--stand_in=tiny", "--rerun", "--seeds=0"], ["--stand_in=tiny", "--report", "--seeds=0"]):
       absl_flags.FLAGS(["tuned", *argv])
       tuned.main(["tuned"])
@@ -289,13 +311,14 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
     absl_flags.FLAGS.unparse_flags()
   out = tmp_path / "results" / "tiny"
   loaded = tuned.load_studies(stand_in)
-  assert list(loaded) == ["ce", "ce_posthoc_la", "noised_imbalanced_k1", "noised_imbalanced_k3"]
+  assert list(loaded) == ["ce", "ce_posthoc_la", "noised_imbalanced_k1"]
   assert all(len(study.trials) == 2 for study in loaded.values())
   with open(out / "trials.csv") as f:
     rows = list(csv.DictReader(f))
-  assert len(rows) == 8 and {r["method"] for r in rows} == set(loaded)
+  assert len(rows) == 6 and {r["method"] for r in rows} == set(loaded)
   assert all(r["state"] == "complete" and 0 <= float(r["value"]) <= 1 for r in rows)
   assert all(r["posthoc_tau"] != "" for r in rows if r["method"] == "ce_posthoc_la")
+  assert [r["default"] for r in rows if r["method"] == "ce"] == ["yes", ""]  # each study's first trial
   with open(out / "reruns.csv") as f:
     reruns = list(csv.DictReader(f))
   assert [r["method"] for r in reruns] == list(loaded)
@@ -303,11 +326,11 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
   for r in reruns:
     assert f"--learning_rate={loaded[r['method']].best_params['learning_rate']!r}" in r["flags"]
   table = (out / "table.md").read_text()
-  assert "| CE |" in table and "| noised top-K, imbalanced |" in table and "| `noised_imbalanced_k3` | 2 (0) | 0 |" in table
+  assert "| CE |" in table and "| noised top-K, imbalanced |" in table and "| `noised_imbalanced_k1` | 2 (0) | 0 |" in table
   assert "tuned regret top-1" in table  # synthetic_lt has its Bayes optimum
-  # The claims on the default and the tuned runs, among these methods only (3 of them at each K).
-  assert "| 1 | default | " in table and "| 3 | tuned | " in table
-  claim_rows = [line for line in table.splitlines() if line.startswith(("| 1 | ", "| 3 | "))]
-  assert len(claim_rows) == 4 and all(" of 3; " in line and "vs CE + post-hoc LA" in line for line in claim_rows)
+  # The claims on the default and the tuned runs, among these methods only (3 of them).
+  claim_rows = [line for line in table.splitlines() if line.startswith("| 1 | ")]
+  assert [line.split(" | ")[1] for line in claim_rows] == ["default", "tuned"]
+  assert all(" of 3; " in line and "vs CE + post-hoc LA" in line for line in claim_rows)
   assert "| CE | " in table.split("What tuning moved")[1] and "CE tuned (learning rate and weight decay only)" in table
   capsys.readouterr()
