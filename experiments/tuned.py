@@ -112,15 +112,6 @@ def _finished(study):
   return [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
 
 
-def best_flags(study) -> List[str]:
-  """The best trial's values as training flags (the post-hoc tau it chose included)."""
-  best = study.best_trial
-  out = [f"--{k}={v!r}" if isinstance(v, float) else f"--{k}={v}" for k, v in sorted(best.params.items())]
-  if "posthoc_tau" in best.user_attrs:
-    out.append(f"--posthoc_tau={best.user_attrs['posthoc_tau']!r}")
-  return out
-
-
 def trials_rows(stand_in: StandIn, loaded) -> List[dict]:
   rows = []
   params = sorted({p for study in loaded.values() for t in study.trials for p in t.params})
@@ -151,25 +142,57 @@ def _write_csv(path, rows):
 
 
 # --- re-runs ------------------------------------------------------------------------------------------------------
-def rerun_workdir(stand_in: StandIn, study, seed: int) -> str:
-  """The re-run of `study`'s best trial with `seed`: a study continued to a new best gets new re-runs."""
-  return os.path.join(WORKDIRS, stand_in.name, "rerun", f"{study.study_name}_trial{study.best_trial.number}_seed{seed}")
+def trial_flags(trial) -> List[str]:
+  """A trial's values as training flags (the post-hoc tau it chose included)."""
+  out = [f"--{k}={v!r}" if isinstance(v, float) else f"--{k}={v}" for k, v in sorted(trial.params.items())]
+  if "posthoc_tau" in trial.user_attrs:
+    out.append(f"--posthoc_tau={trial.user_attrs['posthoc_tau']!r}")
+  return out
+
+
+def best_flags(study) -> List[str]:
+  """The best trial's values as training flags."""
+  return trial_flags(study.best_trial)
+
+
+def rerun_trials(study) -> List[Tuple[str, object]]:
+  """[(role, trial)] re-run for a study: its best trial ("best") and its complete default trial ("default"), once
+  each; the default's re-runs are the table's default column, trained by the same code as the tuned one."""
+  if not any(t.state.name == "COMPLETE" for t in study.trials):
+    return []
+  out = [("best", study.best_trial)]
+  default = [t for t in study.trials if t.user_attrs.get("default") and t.state.name == "COMPLETE"]
+  if default and default[0].number != study.best_trial.number:
+    out.append(("default", default[0]))
+  elif default:
+    out = [("best default", study.best_trial)]
+  return out
+
+
+def rerun_workdir(stand_in: StandIn, study, seed: int, trial=None) -> str:
+  """The re-run of a trial of `study` (default: its best) with `seed`: a study continued to a new best gets new
+  re-runs."""
+  number = (trial or study.best_trial).number
+  return os.path.join(WORKDIRS, stand_in.name, "rerun", f"{study.study_name}_trial{number}_seed{seed}")
 
 
 def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
-  """Trains each study's best configuration with each seed (`parallel` at a time, each pinned to a core)."""
+  """Trains each study's best configuration, and its default trial's, with each seed (`parallel` at a time, each
+  pinned to one core, whatever `parallel`)."""
   loaded = load_studies(stand_in)
   commands = []
   for name, preset, _ in studies(stand_in):
-    if name not in loaded or not any(t.state.name == "COMPLETE" for t in loaded[name].trials):
+    trials = rerun_trials(loaded[name]) if name in loaded else []
+    if not trials:
       print(f"{name}: no finished study yet, skipped", flush=True)
       continue
-    for seed in seeds:
-      workdir = rerun_workdir(stand_in, loaded[name], seed)
-      if os.path.exists(os.path.join(workdir, "results.json")):
-        continue
-      commands.append([sys.executable, "-m", "experiments.train", f"--config={preset}", f"--seed={seed}",
-                       *best_flags(loaded[name]), *stand_in.flags, f"--workdir={workdir}"])
+    for _, trial in trials:
+      for seed in seeds:
+        workdir = rerun_workdir(stand_in, loaded[name], seed, trial)
+        if os.path.exists(os.path.join(workdir, "results.json")):
+          continue
+        commands.append([sys.executable, "-m", "experiments.train", f"--config={preset}", f"--seed={seed}",
+                         *trial_flags(trial), *stand_in.flags, f"--workdir={workdir}"])
   from experiments import reproduce  # pylint: disable=g-import-not-at-top
   cores = reproduce.usable_cores()
   running = []
@@ -183,8 +206,9 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "w") as f:
       running.append(subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT))
-    if parallel > 1 and len(cores) >= parallel:
-      os.sched_setaffinity(running[-1].pid, {cores[i % parallel]})
+    # Always one core per run: XLA's CPU thread count changes the order of its float reductions, and with it the
+    # results (fmnist_exp100_la seed 0: 83.70 % macro top-1 on two cores, 83.85 % on one).
+    os.sched_setaffinity(running[-1].pid, {cores[i % min(parallel, len(cores))]})
   for proc in running:
     _wait_for(proc)
 
@@ -197,26 +221,26 @@ def _wait_for(proc):
 
 
 def rerun_rows(stand_in: StandIn, loaded) -> List[dict]:
+  """One row per finished re-run: `role` "best", "default" or "best default" (the default was the best)."""
   rows = []
   for name, _, ks in studies(stand_in):
-    for seed in (int(s) for s in _seeds()):
-      if name not in loaded or not any(t.state.name == "COMPLETE" for t in loaded[name].trials):
-        continue
-      path = os.path.join(rerun_workdir(stand_in, loaded[name], seed), "results.json")
-      if not os.path.exists(path):
-        continue
-      with open(path) as f:
-        results = json.load(f)
-      row = {"method": name, "seed": seed, "ks": " ".join(map(str, ks))}
-      for k in stand_in.ks:
-        row[f"macro_top{k}_accuracy"] = f"{results['test'][f'macro_top{k}_accuracy']:.4f}"
-        bayes = results.get("bayes")
-        row[f"bayes_macro_top{k}_accuracy"] = (f"{bayes['likelihood'][f'macro_top{k}_accuracy']:.4f}" if bayes
-                                               else "")
-      row["train_fit_top1_accuracy"] = f"{results['train_fit']['top1_accuracy']:.4f}"
-      row["train_seconds"] = f"{results['train_seconds']:.1f}"
-      row["flags"] = " ".join(best_flags(loaded[name]))
-      rows.append(row)
+    for role, trial in (rerun_trials(loaded[name]) if name in loaded else []):
+      for seed in (int(s) for s in _seeds()):
+        path = os.path.join(rerun_workdir(stand_in, loaded[name], seed, trial), "results.json")
+        if not os.path.exists(path):
+          continue
+        with open(path) as f:
+          results = json.load(f)
+        row = {"method": name, "role": role, "trial": trial.number, "seed": seed, "ks": " ".join(map(str, ks))}
+        for k in stand_in.ks:
+          row[f"macro_top{k}_accuracy"] = f"{results['test'][f'macro_top{k}_accuracy']:.4f}"
+          bayes = results.get("bayes")
+          row[f"bayes_macro_top{k}_accuracy"] = (f"{bayes['likelihood'][f'macro_top{k}_accuracy']:.4f}" if bayes
+                                                 else "")
+        row["train_fit_top1_accuracy"] = f"{results['train_fit']['top1_accuracy']:.4f}"
+        row["train_seconds"] = f"{results['train_seconds']:.1f}"
+        row["flags"] = " ".join(trial_flags(trial))
+        rows.append(row)
   return rows
 
 
@@ -272,15 +296,21 @@ def _importances(study) -> str:
 
 def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
   from experiments import regimes  # pylint: disable=g-import-not-at-top
-  defaults, default_fit = regimes.read_cells(os.path.join(ROOT, stand_in.defaults[0]), stand_in.defaults[1])
-  tuned, tuned_fit, bayes = {}, {}, {}
+  grid, grid_fit = regimes.read_cells(os.path.join(ROOT, stand_in.defaults[0]), stand_in.defaults[1])
+  tuned, tuned_fit, defaults, default_fit, bayes = {}, {}, {}, {}, {}
   for r in reruns:
     for k in (int(k) for k in r["ks"].split()):
       row = r["method"].rsplit("_k", 1)[0] if r["method"].endswith(f"_k{k}") else r["method"]
-      tuned.setdefault((row, k), []).append(100 * float(r[f"macro_top{k}_accuracy"]))
-      tuned_fit.setdefault((row, k), []).append(100 * float(r["train_fit_top1_accuracy"]))
+      for role, cells, fit in (("best", tuned, tuned_fit), ("default", defaults, default_fit)):
+        if role in r["role"].split():
+          cells.setdefault((row, k), []).append(100 * float(r[f"macro_top{k}_accuracy"]))
+          fit.setdefault((row, k), []).append(100 * float(r["train_fit_top1_accuracy"]))
       if r[f"bayes_macro_top{k}_accuracy"]:
         bayes[k] = 100 * float(r[f"bayes_macro_top{k}_accuracy"])
+  from_grid = sorted({row for row, _ in grid if row in METHODS + K_METHODS} - {row for row, _ in defaults})
+  for key in grid:  # a study without a default trial: the grid's runs of the preset
+    if key[0] in from_grid:
+      defaults[key], default_fit[key] = grid[key], grid_fit.get(key, [])
   ks = stand_in.ks
   trials = {len(_finished(study)) for study in loaded.values()}
   lines = [f"# Tuned, not defaulted: {stand_in.label}", "",
@@ -290,7 +320,9 @@ def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
            "the validation split only; where a study has a trial of the preset's own values, trained to the end, "
            "its tuned values are never below them on validation), then its best configuration trained with seeds "
            "0, 1, 2 and tested once. "
-           "Default: the preset's values, from the grid's runs (seeds 0, 1, 2). The top-K losses have a study per "
+           "Default: the study's default trial (the preset's values) re-run the same way, by the same code"
+           + (f"; for {', '.join(ROW_LABELS[r] for r in from_grid)}, whose studies have none, the grid's runs "
+              f"(`{stand_in.defaults[0]}`, seeds 0, 1, 2)" if from_grid else "") + ". The top-K losses have a study per "
            "K; the other methods train one model and maximise the mean validation macro top-K over "
            f"K = {', '.join(map(str, ks))}.", "",
            "## Test macro top-K (%), mean ± std over seeds", "",
