@@ -317,7 +317,7 @@ def build(results_dir: str) -> str:
     lines += ["## Tuned", "",
               "Every figure above compares the methods at their papers' hyperparameters. Claims 2 and 4, VS against "
               "the best LA row and the baseline orderings re-checked after every method had the same Optuna budget "
-              "on validation: " + ", ".join(f"[{p.split('/')[-2]}]({p})" for p in tuned) + " (section \"Default "
+              "on validation: " + results_index.tuned_links(tuned) + " (section \"Default "
               "against tuned\").", ""]
   return "\n".join(lines)
 

@@ -91,6 +91,11 @@ def counts(summaries: Sequence[Summary]) -> Tuple[int, int, int, int]:
           sum(g.delta > 2 * g.se for g in gaps))
 
 
+def tuned_links(paths: Sequence[str]) -> str:
+  """Markdown links to the tuned studies' tables (paths like tuned/<stand_in>/table.md), named by their stand-in."""
+  return ", ".join(f"[{path.split('/')[-2]}]({path})" for path in paths)
+
+
 def index_page(summaries: Sequence[Summary], tuned: Sequence[str] = ()) -> str:
   """docs/results/index.md: the figure, its caption, one row per stand-in and links to the `tuned` studies' pages
   (their paths relative to docs/results/, e.g. tuned/fashion_exp100/table.md)."""
@@ -132,7 +137,7 @@ def index_page(summaries: Sequence[Summary], tuned: Sequence[str] = ()) -> str:
       "and 4 with the LA method named at each K) and [regimes_protocols.md](regimes_protocols.md) (how the fit and "
       "pretrained regimes were chosen).", ""]
   if tuned:
-    links = ", ".join(f"[{path.split('/')[-2]}]({path})" for path in tuned)
+    links = tuned_links(tuned)
     lines += ["## Tuned", "",
               "The rows above train each method with its papers' hyperparameters. The equal-budget studies give "
               "every method of a stand-in the same Optuna budget on the validation split, then test each best "

@@ -2,7 +2,7 @@ r"""The equal-budget studies of docs/results/tuned/: every method of a stand-in 
 
   python -m experiments.tuned --stand_in=plantnet1081                      # run (or continue) its studies
   python -m experiments.tuned --stand_in=fashion_exp100 --trials=21 --dry_run
-  python -m experiments.tuned --stand_in=fashion_exp100 --rerun           # each best configuration, 3 seeds, tested
+  python -m experiments.tuned --stand_in=fashion_exp100 --rerun           # best and default trials, 3 seeds, tested
   python -m experiments.tuned --stand_in=fashion_exp100 --report          # table.md, trials.csv, best_so_far.png
 
 Each method of the stand-in is one `experiments.tune` study (its preset, the same sampler seed, pruner and training
@@ -14,9 +14,10 @@ with equal budgets. The top-K losses have a study per K, whose objective is the 
 the methods that train one model for every K maximise the mean of the validation macro top-K over the stand-in's
 K (the same K range they are reported on).
 
-`--rerun` trains each study's best configuration with seeds 0, 1, 2 (`experiments.train`, test split read once, at
-the end of each run) into `workdirs/tuned/<stand_in>/rerun/<study>_trial<n>_seed<s>` (a study continued to a new best gets new
-re-runs); `--report` writes `docs/results/tuned/<stand_in>/`:
+`--rerun` trains each study's best configuration and its default trial's with seeds 0, 1, 2 (`experiments.train`,
+test split read once, at the end of each run; one core per run) into
+`workdirs/tuned/<stand_in>/rerun/<study>_trial<n>_seed<s>` (a study continued to a new best gets new re-runs);
+`--report` writes `docs/results/tuned/<stand_in>/`:
 `trials.csv` (one row per trial), `reruns.csv` (one row per re-run), `table.md` (default against tuned macro top-K,
 the tuned values with those on the edge of their range flagged, each study's parameter importances) and
 `best_so_far.png` (best validation value against trials, per study).
@@ -150,30 +151,22 @@ def trial_flags(trial) -> List[str]:
   return out
 
 
-def best_flags(study) -> List[str]:
-  """The best trial's values as training flags."""
-  return trial_flags(study.best_trial)
-
-
 def rerun_trials(study) -> List[Tuple[str, object]]:
   """[(role, trial)] re-run for a study: its best trial ("best") and its complete default trial ("default"), once
   each; the default's re-runs are the table's default column, trained by the same code as the tuned one."""
   if not any(t.state.name == "COMPLETE" for t in study.trials):
     return []
-  out = [("best", study.best_trial)]
-  default = [t for t in study.trials if t.user_attrs.get("default") and t.state.name == "COMPLETE"]
-  if default and default[0].number != study.best_trial.number:
-    out.append(("default", default[0]))
-  elif default:
-    out = [("best default", study.best_trial)]
-  return out
+  best = study.best_trial
+  default = next((t for t in study.trials if t.user_attrs.get("default") and t.state.name == "COMPLETE"), None)
+  if default is None:
+    return [("best", best)]
+  return [("best default", best)] if default.number == best.number else [("best", best), ("default", default)]
 
 
-def rerun_workdir(stand_in: StandIn, study, seed: int, trial=None) -> str:
-  """The re-run of a trial of `study` (default: its best) with `seed`: a study continued to a new best gets new
-  re-runs."""
-  number = (trial or study.best_trial).number
-  return os.path.join(WORKDIRS, stand_in.name, "rerun", f"{study.study_name}_trial{number}_seed{seed}")
+def rerun_workdir(stand_in: StandIn, study, seed: int, trial) -> str:
+  """The re-run of `trial` of `study` with `seed`, named by the trial's number: a study continued to a new best gets
+  new re-runs."""
+  return os.path.join(WORKDIRS, stand_in.name, "rerun", f"{study.study_name}_trial{trial.number}_seed{seed}")
 
 
 def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
@@ -322,9 +315,9 @@ def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
            "0, 1, 2 and tested once. "
            "Default: the study's default trial (the preset's values) re-run the same way, by the same code"
            + (f"; for {', '.join(ROW_LABELS[r] for r in from_grid)}, whose studies have none, the grid's runs "
-              f"(`{stand_in.defaults[0]}`, seeds 0, 1, 2)" if from_grid else "") + ". The top-K losses have a study per "
-           "K; the other methods train one model and maximise the mean validation macro top-K over "
-           f"K = {', '.join(map(str, ks))}.", "",
+              f"(`{stand_in.defaults[0]}`, seeds 0, 1, 2)" if from_grid else "")
+           + ". The top-K losses have a study per K; the other methods train one model and maximise the mean "
+           f"validation macro top-K over K = {', '.join(map(str, ks))}.", "",
            "## Test macro top-K (%), mean ± std over seeds", "",
            "| method | " + " | ".join(f"default top-{k} | tuned top-{k}" for k in ks)
            + (" | " + " | ".join(f"tuned regret top-{k}" for k in ks) if bayes else "")
@@ -345,7 +338,7 @@ def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
     fit_tuned = [v for (r, _), vs in tuned_fit.items() if r == row for v in vs]
     fit = (f"{np.mean(fit_default):.1f} / {np.mean(fit_tuned):.1f}" if fit_default and fit_tuned else "—")
     lines.append(f"| {ROW_LABELS[row]} | " + " | ".join(cells) + f" | {fit} |")
-  lines += verdict_lines(stand_in, {key: v for key, v in defaults.items() if key[0] in rows}, tuned, loaded)
+  lines += verdict_lines(stand_in, defaults, tuned, loaded)
   lines += ["", "## The studies", "",
             "Tuned values: the best trial's (**edge**: within 5 % of its range's end, in log units for a log range: "
             "the range may have been too narrow). Importances: PED-ANOVA on the complete trials (Optuna's "
@@ -398,37 +391,33 @@ def verdict_lines(stand_in: StandIn, defaults, tuned, loaded) -> List[str]:
       lines.append(f"| {o.label} | {seed} | {regimes.ordering_cell(defaults, o)[0]} | "
                    f"{regimes.ordering_cell(tuned, o)[0]} |")
   # What tuning moved: each method's gain, the spread of the losses, and CE's gain from its two optimiser values.
-  single = [m for m in METHODS if _mean_over_ks(tuned, m, ks) is not None and _mean_over_ks(defaults, m, ks)
-            is not None]
+  mean_t = {m: _mean_over_ks(tuned, m, ks) for m in METHODS}
+  mean_d = {m: _mean_over_ks(defaults, m, ks) for m in METHODS}
+  single = [m for m in METHODS if mean_t[m] is not None and mean_d[m] is not None]
   if "ce" in single:
-    mean_k = f"mean over K = {', '.join(map(str, ks))}"
-    gains = {m: _mean_over_ks(tuned, m, ks) - _mean_over_ks(defaults, m, ks) for m in single}
-    ce_gain = gains["ce"]
-    tuned_order = sorted(single, key=lambda m: -_mean_over_ks(tuned, m, ks))
-    default_order = sorted(single, key=lambda m: -_mean_over_ks(defaults, m, ks))
-    spread_t = _mean_over_ks(tuned, tuned_order[0], ks) - _mean_over_ks(tuned, tuned_order[-1], ks)
-    spread_d = _mean_over_ks(defaults, default_order[0], ks) - _mean_over_ks(defaults, default_order[-1], ks)
-    best_over_ce = _mean_over_ks(tuned, tuned_order[0], ks) - _mean_over_ks(tuned, "ce", ks)
-    ce_t, ce_d = _mean_over_ks(tuned, "ce", ks), _mean_over_ks(defaults, "ce", ks)
-    beaten = [ROW_LABELS[m] for m in default_order if _mean_over_ks(defaults, m, ks) < ce_t]
-    lines += ["", f"What tuning moved (macro top-K, {mean_k}, mean over seeds, points; the methods that train one "
-              "model):", "",
+    tuned_order = sorted(single, key=lambda m: -mean_t[m])
+    default_order = sorted(single, key=lambda m: -mean_d[m])
+    beaten = [ROW_LABELS[m] for m in default_order if mean_d[m] < mean_t["ce"]]
+    lines += ["", f"What tuning moved (macro top-K, mean over K = {', '.join(map(str, ks))}, mean over seeds, "
+              "points; the methods that train one model):", "",
               "| method | default | tuned | tuned - default |", "|---|---:|---:|---:|"]
     for m in single:
-      lines.append(f"| {ROW_LABELS[m]} | {_mean_over_ks(defaults, m, ks):.2f} | {_mean_over_ks(tuned, m, ks):.2f} "
-                   f"| {gains[m]:+.2f} |")
+      lines.append(f"| {ROW_LABELS[m]} | {mean_d[m]:.2f} | {mean_t[m]:.2f} | {mean_t[m] - mean_d[m]:+.2f} |")
     wd_ranks = []
     for study in loaded.values():
       imp = _importance_dict(study)
       if "weight_decay" in imp:
         wd_ranks.append(list(imp).index("weight_decay") + 1)
-    lines += ["", f"- CE tuned (learning rate and weight decay only) - CE default: {ce_gain:+.2f}; tuned CE "
-              f"({ce_t:.2f}) is above the default of {len(beaten)} of the {len(single)} methods"
+    lines += ["", "- CE tuned (learning rate and weight decay only) - CE default: "
+              f"{mean_t['ce'] - mean_d['ce']:+.2f}; tuned CE ({mean_t['ce']:.2f}) is above the default of "
+              f"{len(beaten)} of the {len(single)} methods"
               + (f" ({', '.join(beaten)})" if beaten else "") + ".",
-              f"- The spread of the losses (best - worst method): {spread_d:.2f} at their defaults "
-              f"({ROW_LABELS[default_order[0]]} - {ROW_LABELS[default_order[-1]]}), {spread_t:.2f} tuned "
+              f"- The spread of the losses (best - worst method): "
+              f"{mean_d[default_order[0]] - mean_d[default_order[-1]]:.2f} at their defaults "
+              f"({ROW_LABELS[default_order[0]]} - {ROW_LABELS[default_order[-1]]}), "
+              f"{mean_t[tuned_order[0]] - mean_t[tuned_order[-1]]:.2f} tuned "
               f"({ROW_LABELS[tuned_order[0]]} - {ROW_LABELS[tuned_order[-1]]}); the best tuned method - tuned CE: "
-              f"{best_over_ce:+.2f}.",
+              f"{mean_t[tuned_order[0]] - mean_t['ce']:+.2f}.",
               f"- Weight decay's PED-ANOVA importance rank in each study: "
               + (", ".join(f"{r}" for r in wd_ranks) + f" (first in {sum(r == 1 for r in wd_ranks)} of "
                  f"{len(wd_ranks)} studies)." if wd_ranks else "not computable.")]
