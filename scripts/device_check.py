@@ -14,13 +14,15 @@ Steps, each in its own process with its own time limit (a failing or slow step i
 5. the embedded default job (`python -m experiments.train`, long-tailed Fashion-MNIST from `--data_dir`, e.g. the
    four IDX files copied beside the checkout): test accuracy and training images/s.
 Everything goes to one Markdown file (`--output`, default benchmarks/RESULTS_GPU.md on an accelerator; nothing is
-written in `--tiny` mode unless `--output` is given) and a short table is printed last.
+written in `--tiny` mode unless `--output` is given) and a short table is printed last. `--parallel_steps=2` runs two
+steps at a time (CI's CPU smoke run on 2 cores); on an accelerator keep the default 1, each step timed alone.
 
 Needs only what a CUDA machine typically has (jax with CUDA, flax, optax, chex, absl-py, orbax, numpy, torch,
 pytest; no TensorFlow, TFDS or network): the binaries import TensorFlow only for TFDS datasets and TensorBoard
 summaries, which are skipped without it. PyTorch is optional (the speed comparison is then skipped).
 """
 import argparse
+import concurrent.futures
 import datetime
 import json
 import os
@@ -181,7 +183,11 @@ def main():
   parser.add_argument("--budget_seconds", type=float, default=470,
                       help="wall-clock budget of all steps; a step gets at most what is left, and none is started "
                            "with under 20 s left")
+  parser.add_argument("--parallel_steps", type=int, default=1,
+                      help="steps run at once; 1 (the default) on an accelerator, where each step is timed alone")
   args = parser.parse_args()
+  if args.parallel_steps < 1:
+    parser.error(f"--parallel_steps must be >= 1, got {args.parallel_steps}")
   try:
     import torch  # pylint: disable=import-outside-toplevel,unused-import
     args.torch = True
@@ -194,18 +200,23 @@ def main():
   env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
   args.workdir = tempfile.mkdtemp(prefix="device_check_default_")
   start = time.time()
-  results = []
+
+  def run(step):
+    name, argv, timeout = step
+    left = args.budget_seconds - (time.time() - start)
+    skipped = TORCH_MISSING if argv is None else "skipped: budget spent" if left < 20 else None
+    if skipped:
+      print(f"[{name}] {skipped}", flush=True)
+      return {"name": name, "command": " ".join((argv or [])[1:]), "status": skipped, "seconds": 0.0, "output": "",
+              "summary": ""}
+    result = run_step(name, argv, int(min(timeout, left)), env)
+    result["summary"] = summary(result, args.workdir)
+    return result
+
   try:
-    for name, argv, timeout in steps(args):
-      left = args.budget_seconds - (time.time() - start)
-      skipped = TORCH_MISSING if argv is None else "skipped: budget spent" if left < 20 else None
-      if skipped:
-        results.append({"name": name, "command": " ".join((argv or [])[1:]), "status": skipped,
-                        "seconds": 0.0, "output": "", "summary": ""})
-        print(f"[{name}] {skipped}", flush=True)
-        continue
-      results.append(run_step(name, argv, int(min(timeout, left)), env))
-      results[-1]["summary"] = summary(results[-1], args.workdir)
+    # map starts the steps in order and returns their results in order, whatever order they finish in.
+    with concurrent.futures.ThreadPoolExecutor(args.parallel_steps) as pool:
+      results = list(pool.map(run, steps(args)))
   finally:
     shutil.rmtree(args.workdir, ignore_errors=True)
   total = time.time() - start

@@ -72,6 +72,9 @@ def _hide(config):
 
 
 def pytest_collection_modifyitems(config, items):
+  # The slow tests first (otherwise in collection order): pytest-xdist's workers then end on short tests, together,
+  # instead of one worker running the last long training while the other waits.
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)
   if optional.available("torch"):
     return
   skip = pytest.mark.skip(reason="needs torch (optional; CI runs these in .venv-torch: docs/testing.md)")
