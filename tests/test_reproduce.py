@@ -178,19 +178,36 @@ def test_every_cifar_preset_is_its_protocol_on_its_long_tailed_subset(preset, fa
     assert (config.vs_gamma, config.tau) == ((0.2, 1.2) if preset.startswith("cifar10_") else (0.3, 1.0))
 
 
-# One training step of ResNet-32 per CIFAR-LT dataset and head (linear, cosine), on the presets whose loss and train
-# rule the Fashion-MNIST-LT runs of tests/test_train.py do not train (CB-focal: class weights inside the focal
-# factor; MM-LDAM-DRW in the released code's compat mode), LDAM-DRW and VS; both imbalance profiles. The other presets
-# differ from these only in their loss and train rule (trained on the small CNN) or their class counts (checked
-# above), and each costs a ResNet-32 compilation.
+@pytest.fixture
+def small_resnet(monkeypatch):
+  """`models.create_model`'s CIFAR ResNet-32 cut to one block per stage: a ResNet-8, whose compilation is a third of
+  ResNet-32's. The layers, heads and training path are the same; only the depth differs."""
+  from experiments import models  # pylint: disable=g-import-not-at-top
+  create_model = models.create_model
+
+  def resnet8(name, **kwargs):
+    assert name == "resnet32"
+    return create_model(name, **kwargs).clone(blocks_per_stage=1)
+
+  monkeypatch.setattr(models, "create_model", resnet8)
+
+
+# One training step per CIFAR-LT dataset and head (linear, cosine), on the presets whose loss and train rule the
+# Fashion-MNIST-LT runs of tests/test_train.py do not train (CB-focal: class weights inside the focal factor;
+# MM-LDAM-DRW in the released code's compat mode), LDAM-DRW and VS; both imbalance profiles. The other presets differ
+# from these only in their loss and train rule (trained on the small CNN) or their class counts (checked above). The
+# first trains the presets' ResNet-32 itself; the others its one-block-per-stage cut (`small_resnet`), since each
+# ResNet-32 compilation costs 15-20 s on the CI machine for no more coverage of the wiring.
 CIFAR_ONE_STEP = ("cifar10_lt_exp100_cb_focal", "cifar10_lt_exp100_ldam_drw", "cifar100_lt_exp100_vs",
                   "cifar100_lt_step10_mm_ldam_drw")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", CIFAR_ONE_STEP)
-def test_resnet32_trains_one_step_of_each_cifar_dataset_and_head(preset, fake_cifar, tmp_path, monkeypatch):
+def test_each_cifar_dataset_and_head_trains_one_step(preset, fake_cifar, tmp_path, monkeypatch, request):
   del fake_cifar
+  if preset != CIFAR_ONE_STEP[0]:
+    request.getfixturevalue("small_resnet")
   monkeypatch.setattr(train_lib, "TRAIN_FIT_MAX_EXAMPLES", 64)  # the train fit's path, not 10,000 forward passes
   config = configs.get_preset(preset).config.replace(
       epochs=1, max_steps_per_epoch=1, batch_size=4, eval_batch_size=50, drw_start_epoch=0, warmup_epochs=0,
@@ -225,20 +242,11 @@ def test_every_plantnet_preset_is_the_resnet50_protocol(preset):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", PLANTNET_PRESETS)
 @optional.needs_tensorflow
-def test_each_plantnet_loss_trains_one_step_on_a_small_resnet(preset, plantnet_root, tmp_path, monkeypatch):
-  # The presets' losses and heads on the CIFAR-LT ResNet cut to one block per stage (a ResNet-8: its compilation is a
-  # third of ResNet-32's, which the CIFAR tests above train), 32x32 images, the folder pipeline and the selection on
-  # validation macro top-K; the ResNet-50 itself: one run, tests/test_train.py. (A ResNet-18 run took 40-120 s here:
-  # a ResNet-50's compilation cost for little more coverage.)
-  from experiments import models  # pylint: disable=g-import-not-at-top
-  create_model = models.create_model
-
-  def resnet8(name, **kwargs):
-    assert name == "resnet32"
-    model = create_model(name, **kwargs)
-    return model.clone(blocks_per_stage=1)
-
-  monkeypatch.setattr(models, "create_model", resnet8)
+def test_each_plantnet_loss_trains_one_step_on_a_small_resnet(preset, plantnet_root, tmp_path, small_resnet):
+  # The presets' losses and heads on a ResNet-8 (`small_resnet`), 32x32 images, the folder pipeline and the selection
+  # on validation macro top-K; the ResNet-50 itself: one run, tests/test_train.py. (A ResNet-18 run took 40-120 s
+  # here: a ResNet-50's compilation cost for little more coverage.)
+  del small_resnet
   config = configs.get_preset(preset).config.replace(
       model="resnet32", data_dir=plantnet_root, image_size=32, epochs=1, max_steps_per_epoch=1, batch_size=4,
       eval_batch_size=8, k=min(configs.get_preset(preset).config.k, 3), selection_k=3, eval_ks=(1, 3),
