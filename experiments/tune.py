@@ -164,15 +164,21 @@ class Tuner:
     trial.set_user_attr("pid", os.getpid())
     trial.set_user_attr("worker", self.worker_index)
     trial.set_user_attr("heartbeat", time.time())
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
+
+    def record_cpu():  # the worker's CPU time on this trial: its cost, whatever else the machine was doing
+      trial.set_user_attr("cpu_seconds", round(time.process_time() - cpu0, 1))
+
     try:
       value = self.objective(trial, workdir)
     except optuna.TrialPruned:
+      record_cpu()
       self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
       self._log(trial, "pruned", t0)
       return
     except FloatingPointError as e:  # diverged: a result (these values do not train), not a failure to retry
       trial.set_user_attr("diverged", str(e))
+      record_cpu()
       self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
       self._log(trial, "diverged (finished as pruned)", t0)
       return
@@ -183,6 +189,7 @@ class Tuner:
     except BaseException:  # broken (a bug, a bad value): failed, and the worker stops with the message
       self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
       raise
+    record_cpu()
     self.study.tell(trial, value)
     self._log(trial, f"{value:.4f}", t0)
 

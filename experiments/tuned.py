@@ -126,6 +126,7 @@ def trials_rows(stand_in: StandIn, loaded) -> List[dict]:
              "posthoc_tau": t.user_attrs.get("posthoc_tau", ""),
              "train_fit_top1_accuracy": f"{fit['top1_accuracy']:.4f}" if "top1_accuracy" in fit else "",
              "train_seconds": f"{t.user_attrs['train_seconds']:.1f}" if "train_seconds" in t.user_attrs else "",
+             "cpu_seconds": t.user_attrs.get("cpu_seconds", ""),
              "default": "yes" if t.user_attrs.get("default") else "",
              "diverged": "yes" if "diverged" in t.user_attrs else "",
              "retry_of": t.user_attrs.get("retry_of", "")}

@@ -161,6 +161,7 @@ def test_a_pruned_trial_stops_training_and_a_diverged_one_is_finished_as_pruned(
   tuner.run()
   (trial,) = tuner.study.trials
   assert trial.state == optuna.trial.TrialState.PRUNED and list(trial.intermediate_values) == [0]
+  assert trial.user_attrs["cpu_seconds"] > 0  # a pruned trial's cost is recorded too
   # A learning rate of 1e4 makes the loss non-finite: finished (pruned), not failed, so it is not retried.
   config = _tiny(loss="ce", pretrain_examples_per_class=0, epochs=3, lr_decay_epochs=(2,), eval_every_epochs=1)
   space = tune.parse_space(["learning_rate=1e4:2e4:log"], config, fixed={"weight_decay"})
@@ -168,7 +169,7 @@ def test_a_pruned_trial_stops_training_and_a_diverged_one_is_finished_as_pruned(
   assert tuner.run() == 1
   (trial,) = tuner.study.trials
   assert trial.state == optuna.trial.TrialState.PRUNED
-  assert "training loss became" in trial.user_attrs["diverged"]
+  assert "training loss became" in trial.user_attrs["diverged"] and trial.user_attrs["cpu_seconds"] > 0
 
 
 @pytest.mark.slow
@@ -334,6 +335,7 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
     rows = list(csv.DictReader(f))
   assert len(rows) == 6 and {r["method"] for r in rows} == set(loaded)
   assert all(r["state"] == "complete" and 0 <= float(r["value"]) <= 1 for r in rows)
+  assert all(float(r["cpu_seconds"]) > 0 for r in rows)  # each worker's CPU time on the trial
   assert all(r["posthoc_tau"] != "" for r in rows if r["method"] == "ce_posthoc_la")
   assert [r["default"] for r in rows if r["method"] == "ce"] == ["yes", ""]  # each study's first trial
   with open(out / "reruns.csv") as f:
