@@ -18,9 +18,9 @@ K (the same K range they are reported on).
 test split read once, at the end of each run; one core per run) into
 `workdirs/tuned/<stand_in>/rerun/<study>_trial<n>_seed<s>` (a study continued to a new best gets new re-runs);
 `--report` writes `docs/results/tuned/<stand_in>/`:
-`trials.csv` (one row per trial), `reruns.csv` (one row per re-run), `table.md` (default against tuned macro top-K,
-the tuned values with those on the edge of their range flagged, each study's parameter importances) and
-`best_so_far.png` (best validation value against trials, per study).
+`trials.csv` (one row per trial, with its worker's CPU seconds where recorded), `reruns.csv` (one row per re-run),
+`table.md` (default against tuned macro top-K, the tuned values with those on the edge of their range flagged, each
+study's parameter importances) and `best_so_far.png` (best validation value against trials, per study).
 """
 import csv
 import dataclasses
