@@ -1,6 +1,8 @@
 """What a run shows a person: log lines, TensorBoard summaries, the results table and the per-class plot."""
+from importlib import metadata
 import math
 import os
+import platform
 import socket
 import time
 
@@ -141,6 +143,28 @@ def train_fit_line(train_fit):
           if train_fit["subset"] else f"all {train_fit['examples']:,} examples")
   return (f"Train fit ({train_fit['model']} model, training split in evaluation mode, {read}): top-1 "
           f"{100 * train_fit['top1_accuracy']:.2f} %, macro top-1 {100 * train_fit['macro_top1_accuracy']:.2f} %")
+
+
+# The packages whose versions decide a run's numbers (results.json["environment"]).
+RECORDED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy")
+
+
+def environment():
+  """What, beside the code and the config, a run's figures depend on: package versions, the cores it may use, XLA flags.
+
+  Two runs of one commit and config agree to the last digit on the same environment; across core counts or package
+  versions they may differ within seed noise (a run pinned to one core differs from one on two), so results.json
+  records it.
+  """
+  def version(name):
+    try:
+      return metadata.version(name)
+    except metadata.PackageNotFoundError:
+      return None
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {"python": platform.python_version(), "platform": platform.platform(),
+          "packages": {name: version(name) for name in RECORDED_PACKAGES},
+          "usable_cores": cores, "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 # Up to this many classes every point of the per-class plot is labelled with its class name; above it, only the

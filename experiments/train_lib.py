@@ -557,6 +557,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, *, read_test: bo
       "num_devices": jax.device_count(),
       "num_processes": jax.process_count(),
       "backend": jax.default_backend(),
+      "environment": reporting.environment(),
   }
   if posthoc_taus:
     results["posthoc_validation"] = _posthoc_validation(config, dataset, rfinal, class_counts, posthoc_taus,

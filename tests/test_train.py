@@ -113,6 +113,10 @@ def test_the_default_job_writes_every_output(finished_fashion_run):
   assert run.results["model_selection"].startswith("best validation macro top-2")
   assert [r["epoch"] for r in run.results["history"]] == [0, 1, 2]
   assert sorted(os.listdir(os.path.join(run.workdir, "checkpoints"))) == ["1", "2", "config.json"]
+  # The environment its figures depend on: this process's packages and the cores it may use.
+  env = run.results["environment"]
+  assert env["packages"]["jax"] == jax.__version__ and env["packages"]["numpy"] == np.__version__
+  assert env["packages"]["flax"] == flax.__version__ and env["usable_cores"] == len(os.sched_getaffinity(0))
 
 
 @pytest.mark.slow
