@@ -16,8 +16,10 @@ K (the same K range they are reported on).
 
 `--rerun` trains each study's best configuration and its default trial's with seeds 0, 1, 2 (`experiments.train`,
 test split read once, at the end of each run; one core per run) into
-`workdirs/tuned/<stand_in>/rerun/<study>_trial<n>_seed<s>` (a study continued to a new best gets new re-runs);
-`--report` writes `docs/results/tuned/<stand_in>/`:
+`workdirs/tuned/<stand_in>/rerun/<study>_trial<n>_seed<s>` (a study continued to a new best gets new re-runs),
+recording each finished re-run in `docs/results/tuned/<stand_in>/reruns.csv` at once: a re-run recorded there is not
+trained again, so committing the file carries a stopped `--rerun` over to another machine. `--report` writes
+`docs/results/tuned/<stand_in>/`:
 `trials.csv` (one row per trial, with its worker's CPU seconds where recorded), `reruns.csv` (one row per re-run),
 `table.md` (default against tuned macro top-K, the tuned values with those on the edge of their range flagged, each
 study's parameter importances) and `best_so_far.png` (best validation value against trials, per study).
@@ -174,6 +176,7 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
   """Trains each study's best configuration, and its default trial's, with each seed (`parallel` at a time, each
   pinned to one core, whatever `parallel`)."""
   loaded = load_studies(stand_in)
+  recorded = _recorded_reruns(stand_in)
   commands = []
   for name, preset, _ in studies(stand_in):
     trials = rerun_trials(loaded[name]) if name in loaded else []
@@ -183,19 +186,23 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
     for _, trial in trials:
       for seed in seeds:
         workdir = rerun_workdir(stand_in, loaded[name], seed, trial)
-        if os.path.exists(os.path.join(workdir, "results.json")):
+        if os.path.exists(os.path.join(workdir, "results.json")) or (name, trial.number, seed) in recorded:
           continue
         commands.append([sys.executable, "-m", "experiments.train", f"--config={preset}", f"--seed={seed}",
                          *trial_flags(trial), *stand_in.flags, f"--workdir={workdir}"])
   from experiments import reproduce  # pylint: disable=g-import-not-at-top
   cores = reproduce.usable_cores()
   running = []
+  def finish(proc):  # each finished re-run is recorded at once: reruns.csv, committed, carries it to a new machine
+    _wait_for(proc)
+    _write_csv(reruns_csv(stand_in), rerun_rows(stand_in, loaded))
+
   for i, cmd in enumerate(commands):
     print(" ".join(cmd[1:]), flush=True)
     if dry_run:
       continue
     if len(running) == parallel:
-      _wait_for(running.pop(0))
+      finish(running.pop(0))
     log = cmd[-1][len("--workdir="):] + ".log"  # beside the workdir; a pipe could fill and stall the run
     os.makedirs(os.path.dirname(log), exist_ok=True)
     with open(log, "w") as f:
@@ -204,7 +211,7 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
     # results (fmnist_exp100_la seed 0: 83.70 % macro top-1 on two cores, 83.85 % on one).
     os.sched_setaffinity(running[-1].pid, {cores[i % min(parallel, len(cores))]})
   for proc in running:
-    _wait_for(proc)
+    finish(proc)
 
 
 def _wait_for(proc):
@@ -214,14 +221,31 @@ def _wait_for(proc):
       raise RuntimeError(f"{' '.join(proc.args[1:])} failed ({proc.returncode}):\n{f.read()[-3000:]}")
 
 
+def reruns_csv(stand_in: StandIn) -> str:
+  return os.path.join(os.path.dirname(journal(stand_in)), "reruns.csv")
+
+
+def _recorded_reruns(stand_in: StandIn) -> Dict[Tuple[str, int, int], dict]:
+  """The re-runs that reruns.csv records, by (method, trial, seed): a re-run recorded there is not trained again,
+  though its workdir is gone (another machine, a fresh checkout)."""
+  if not os.path.exists(reruns_csv(stand_in)):
+    return {}
+  with open(reruns_csv(stand_in)) as f:
+    return {(r["method"], int(r["trial"]), int(r["seed"])): r for r in csv.DictReader(f)}
+
+
 def rerun_rows(stand_in: StandIn, loaded) -> List[dict]:
-  """One row per finished re-run: `role` "best", "default" or "best default" (the default was the best)."""
+  """One row per finished re-run, from its workdir's results.json or, where that is gone, from reruns.csv: `role`
+  "best", "default" or "best default" (the default was the best)."""
+  recorded = _recorded_reruns(stand_in)
   rows = []
   for name, _, ks in studies(stand_in):
     for role, trial in (rerun_trials(loaded[name]) if name in loaded else []):
       for seed in (int(s) for s in _seeds()):
         path = os.path.join(rerun_workdir(stand_in, loaded[name], seed, trial), "results.json")
         if not os.path.exists(path):
+          if (name, trial.number, seed) in recorded:  # its role may have changed since (a new best)
+            rows.append(dict(recorded[name, trial.number, seed], role=role, ks=" ".join(map(str, ks))))
           continue
         with open(path) as f:
           results = json.load(f)
@@ -456,7 +480,7 @@ def report(stand_in: StandIn):
   _write_csv(os.path.join(out, "trials.csv"), trials_rows(stand_in, loaded))
   reruns = rerun_rows(stand_in, loaded)
   if reruns:
-    _write_csv(os.path.join(out, "reruns.csv"), reruns)
+    _write_csv(reruns_csv(stand_in), reruns)
   with open(os.path.join(out, "table.md"), "w") as f:
     f.write(table(stand_in, loaded, reruns))
   plot_best_so_far(loaded, os.path.join(out, "best_so_far.png"))

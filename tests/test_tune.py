@@ -3,6 +3,7 @@ split left alone, two worker processes on one study, and bad input."""
 import csv
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -325,6 +326,8 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
       absl_flags.FLAGS(["tuned", *argv])
       tuned.main(["tuned"])
       absl_flags.FLAGS.unparse_flags()
+      if "--rerun" in argv:  # the re-runs are recorded as they finish, before any report
+        assert (tmp_path / "results" / "tiny" / "reruns.csv").exists()
   finally:
     absl_flags.FLAGS.unparse_flags()
   out = tmp_path / "results" / "tiny"
@@ -358,4 +361,18 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
   assert [line.split(" | ")[1] for line in claim_rows] == ["default", "tuned"]
   assert all(" of 3; " in line and "vs CE + post-hoc LA" in line for line in claim_rows)
   assert "| CE | " in table.split("What tuning moved")[1] and "CE tuned (learning rate and weight decay only)" in table
+  # On another machine (the re-runs' workdirs gone, reruns.csv committed): nothing is trained again, and the report
+  # is the same.
+  shutil.rmtree(tmp_path / "workdirs" / "tiny" / "rerun")
   capsys.readouterr()
+  try:
+    for argv in (["--stand_in=tiny", "--rerun", "--seeds=0"], ["--stand_in=tiny", "--report", "--seeds=0"]):
+      absl_flags.FLAGS(["tuned", *argv])
+      tuned.main(["tuned"])
+      absl_flags.FLAGS.unparse_flags()
+  finally:
+    absl_flags.FLAGS.unparse_flags()
+  assert "experiments.train" not in capsys.readouterr().out
+  with open(out / "reruns.csv") as f:
+    assert list(csv.DictReader(f)) == reruns
+  assert (out / "table.md").read_text() == table
