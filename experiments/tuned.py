@@ -19,10 +19,10 @@ test split read once, at the end of each run; one core per run) into
 `workdirs/tuned/<stand_in>/rerun/<study>_trial<n>_seed<s>` (a study continued to a new best gets new re-runs),
 recording each finished re-run in `docs/results/tuned/<stand_in>/reruns.csv` at once: a re-run recorded there is not
 trained again, so committing the file carries a stopped `--rerun` over to another machine. `--report` writes
-`docs/results/tuned/<stand_in>/`:
-`trials.csv` (one row per trial, with its worker's CPU seconds where recorded), `reruns.csv` (one row per re-run),
-`table.md` (default against tuned macro top-K, the tuned values with those on the edge of their range flagged, each
-study's parameter importances) and `best_so_far.png` (best validation value against trials, per study).
+`docs/results/tuned/<stand_in>/`: `trials.csv` (one row per trial, with its worker's CPU seconds where recorded),
+`reruns.csv` (one row per re-run), `table.md` (default against tuned macro top-K, the tuned values with those on the
+edge of their range flagged, each study's parameter importances, what the studies and re-runs cost) and
+`best_so_far.png` (best validation value against trials, per study).
 """
 import csv
 import dataclasses
@@ -380,7 +380,29 @@ def table(stand_in: StandIn, loaded, reruns: List[dict]) -> str:
     lines.append(f"| `{name}` | {len(finished)} ({pruned}) | {failed} | "
                  + (f"{100 * study.best_value:.2f} | {_tuned_values(stand_in, name, study)} | {_importances(study)} |"
                     if has_best else "— | — | — |"))
+  lines += cost_lines(loaded, reruns)
   return "\n".join(lines) + "\n"
+
+
+def cost_lines(loaded, reruns: List[dict]) -> List[str]:
+  """The '## Cost' section: trials, the pruned share, failures, and the time the studies and re-runs took."""
+  import optuna  # pylint: disable=g-import-not-at-top
+  finished = [t for study in loaded.values() for t in _finished(study)]
+  pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in finished)
+  failed = sum(t.state == optuna.trial.TrialState.FAIL for study in loaded.values() for t in study.trials)
+  complete_seconds = sum(t.user_attrs.get("train_seconds", 0.0) for t in finished
+                         if t.state == optuna.trial.TrialState.COMPLETE)
+  timed = [t.user_attrs["cpu_seconds"] for t in finished if "cpu_seconds" in t.user_attrs]
+  lines = ["", "## Cost", "",
+           f"- {len(finished)} finished trials in {len(loaded)} studies, {pruned} of them pruned "
+           f"({100 * pruned / max(len(finished), 1):.0f} %); {failed} failed (interrupted, then retried: not counted).",
+           f"- Training time of the complete trials (each run's own clock, the epochs only): {complete_seconds:,.0f} s."]
+  if timed:
+    lines.append(f"- CPU time of the worker on each trial (recorded for {len(timed)} of the {len(finished)}; "
+                 f"pruned trials included): {sum(timed):,.0f} s, {sum(timed) / len(timed):.0f} s a trial.")
+  if reruns:
+    lines.append(f"- Re-runs: {len(reruns)}, {sum(float(r['train_seconds']) for r in reruns):,.0f} s of training.")
+  return lines
 
 
 def _mean_over_ks(cells, row, ks):

@@ -356,6 +356,9 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
   assert "| CE |" in table and "| noised top-K, imbalanced |" in table and "| `noised_imbalanced_k1` | 2 (0) | 0 |" in table
   assert "tuned regret top-1" in table  # synthetic_lt has its Bayes optimum
   assert "the grid's runs" not in table  # every study has its default trial, re-run
+  cost = table.split("## Cost")[1]  # what the studies cost: 6 trials, each with its worker's CPU time
+  assert "- 6 finished trials in 3 studies" in cost and "recorded for 6 of the 6" in cost
+  assert f"- Re-runs: {len(reruns)}, " in cost
   # The claims on the default and the tuned runs, among these methods only (3 of them).
   claim_rows = [line for line in table.splitlines() if line.startswith("| 1 | ")]
   assert [line.split(" | ")[1] for line in claim_rows] == ["default", "tuned"]
