@@ -396,7 +396,8 @@ def cost_lines(loaded, reruns: List[dict]) -> List[str]:
   lines = ["", "## Cost", "",
            f"- {len(finished)} finished trials in {len(loaded)} studies, {pruned} of them pruned "
            f"({100 * pruned / max(len(finished), 1):.0f} %); {failed} failed (interrupted, then retried: not counted).",
-           f"- Training time of the complete trials (each run's own clock, the epochs only): {complete_seconds:,.0f} s."]
+           "- Training time of the complete trials (each run's own clock, the epochs only): "
+           f"{complete_seconds:,.0f} s."]
   if timed:
     lines.append(f"- CPU time of the worker on each trial (recorded for {len(timed)} of the {len(finished)}; "
                  f"pruned trials included): {sum(timed):,.0f} s, {sum(timed) / len(timed):.0f} s a trial.")
