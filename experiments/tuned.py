@@ -193,6 +193,7 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
   from experiments import reproduce  # pylint: disable=g-import-not-at-top
   cores = reproduce.usable_cores()
   running = []
+
   def finish(proc):  # each finished re-run is recorded at once: reruns.csv, committed, carries it to a new machine
     _wait_for(proc)
     _write_csv(reruns_csv(stand_in), rerun_rows(stand_in, loaded))

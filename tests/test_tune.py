@@ -319,18 +319,20 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
   monkeypatch.setattr(tuned, "K_METHODS", ("noised_imbalanced",))
   monkeypatch.setattr(tuned, "RESULTS", str(tmp_path / "results"))
   monkeypatch.setattr(tuned, "WORKDIRS", str(tmp_path / "workdirs"))
-  absl_flags.FLAGS.unparse_flags()
-  try:
-    for argv in (["--stand_in=tiny", "--trials=2", "--round=2", "--tune_workers=1"],
-                 ["--stand_in=tiny", "--rerun", "--seeds=0"], ["--stand_in=tiny", "--report", "--seeds=0"]):
-      absl_flags.FLAGS(["tuned", *argv])
-      tuned.main(["tuned"])
-      absl_flags.FLAGS.unparse_flags()
-      if "--rerun" in argv:  # the re-runs are recorded as they finish, before any report
-        assert (tmp_path / "results" / "tiny" / "reruns.csv").exists()
-  finally:
-    absl_flags.FLAGS.unparse_flags()
   out = tmp_path / "results" / "tiny"
+
+  def run_tuned(*argvs):  # `python -m experiments.tuned` with each argv in turn, in this process
+    absl_flags.FLAGS.unparse_flags()
+    for argv in argvs:
+      try:
+        absl_flags.FLAGS(["tuned", "--stand_in=tiny", *argv])
+        tuned.main(["tuned"])
+      finally:
+        absl_flags.FLAGS.unparse_flags()
+      if "--rerun" in argv:  # the re-runs are recorded as they finish, before any report
+        assert (out / "reruns.csv").exists()
+
+  run_tuned(["--trials=2", "--round=2", "--tune_workers=1"], ["--rerun", "--seeds=0"], ["--report", "--seeds=0"])
   loaded = tuned.load_studies(stand_in)
   assert list(loaded) == ["ce", "ce_posthoc_la", "noised_imbalanced_k1"]
   assert all(len(study.trials) == 2 for study in loaded.values())
@@ -368,13 +370,7 @@ def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp
   # is the same.
   shutil.rmtree(tmp_path / "workdirs" / "tiny" / "rerun")
   capsys.readouterr()
-  try:
-    for argv in (["--stand_in=tiny", "--rerun", "--seeds=0"], ["--stand_in=tiny", "--report", "--seeds=0"]):
-      absl_flags.FLAGS(["tuned", *argv])
-      tuned.main(["tuned"])
-      absl_flags.FLAGS.unparse_flags()
-  finally:
-    absl_flags.FLAGS.unparse_flags()
+  run_tuned(["--rerun", "--seeds=0"], ["--report", "--seeds=0"])
   assert "experiments.train" not in capsys.readouterr().out
   with open(out / "reruns.csv") as f:
     assert list(csv.DictReader(f)) == reruns
