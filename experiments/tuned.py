@@ -190,29 +190,44 @@ def rerun(stand_in: StandIn, seeds, dry_run=False, parallel=1):
           continue
         commands.append([sys.executable, "-m", "experiments.train", f"--config={preset}", f"--seed={seed}",
                          *trial_flags(trial), *stand_in.flags, f"--workdir={workdir}"])
-  from experiments import reproduce  # pylint: disable=g-import-not-at-top
-  cores = reproduce.usable_cores()
-  running = []
 
   def finish(proc):  # each finished re-run is recorded at once: reruns.csv, committed, carries it to a new machine
     _wait_for(proc)
     _write_csv(reruns_csv(stand_in), rerun_rows(stand_in, loaded))
 
-  for i, cmd in enumerate(commands):
+  for cmd in commands:
     print(" ".join(cmd[1:]), flush=True)
-    if dry_run:
+  if not dry_run:
+    run_pinned(commands, parallel, finish)
+
+
+def run_pinned(commands, parallel: int, on_finish):
+  """Runs `commands` (argv lists whose last item is `--workdir=DIR`; each writes DIR.log), `parallel` at a time,
+  each pinned to one core, and calls `on_finish(process)` as each ends: a slot is refilled when any of its runs ends,
+  not only the oldest (a seed's first re-run also pretrains, and takes several times longer)."""
+  from experiments import reproduce  # pylint: disable=g-import-not-at-top
+  cores = reproduce.usable_cores()
+  free = [cores[i % len(cores)] for i in range(parallel)]  # one core per slot
+  running = {}  # process -> its core
+  commands = list(commands)
+  while commands or running:
+    if commands and len(running) < parallel:
+      cmd = commands.pop(0)
+      log = cmd[-1][len("--workdir="):] + ".log"  # beside the workdir; a pipe could fill and stall the run
+      os.makedirs(os.path.dirname(log), exist_ok=True)
+      with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+      # Always one core per run: XLA's CPU thread count changes the order of its float reductions, and with it the
+      # results (fmnist_exp100_la seed 0: 83.70 % macro top-1 on two cores, 83.85 % on one).
+      running[proc] = free.pop(0)
+      os.sched_setaffinity(proc.pid, {running[proc]})
       continue
-    if len(running) == parallel:
-      finish(running.pop(0))
-    log = cmd[-1][len("--workdir="):] + ".log"  # beside the workdir; a pipe could fill and stall the run
-    os.makedirs(os.path.dirname(log), exist_ok=True)
-    with open(log, "w") as f:
-      running.append(subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT))
-    # Always one core per run: XLA's CPU thread count changes the order of its float reductions, and with it the
-    # results (fmnist_exp100_la seed 0: 83.70 % macro top-1 on two cores, 83.85 % on one).
-    os.sched_setaffinity(running[-1].pid, {cores[i % min(parallel, len(cores))]})
-  for proc in running:
-    finish(proc)
+    done = next((proc for proc in running if proc.poll() is not None), None)
+    if done is None:
+      time.sleep(0.5)
+      continue
+    free.append(running.pop(done))
+    on_finish(done)
 
 
 def _wait_for(proc):

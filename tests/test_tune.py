@@ -306,6 +306,23 @@ def test_the_tuning_page_carries_the_declared_space():
   assert table == tune.space_table(), "docs/tuning.md is stale: paste experiments.tune.space_table() into it"
 
 
+def test_the_reruns_refill_a_slot_when_any_run_ends_not_only_the_oldest(tmp_path):
+  # Two slots, three runs: "long" ends only once "third" has run, which can start only in the slot that "short"
+  # frees while "long" still runs (a scheduler that waits for the oldest run first would time out here).
+  from experiments import tuned  # pylint: disable=g-import-not-at-top
+  flag = tmp_path / "third_ran"
+  wait = f"import os, time, sys\nfor _ in range(600):\n  if os.path.exists({str(flag)!r}): sys.exit(0)\n  " \
+         "time.sleep(0.05)\nsys.exit(3)"
+  commands = [[sys.executable, "-c", wait, f"--workdir={tmp_path / 'long'}"],
+              [sys.executable, "-c", "pass", f"--workdir={tmp_path / 'short'}"],
+              [sys.executable, "-c", f"open({str(flag)!r}, 'w').close()", f"--workdir={tmp_path / 'third'}"]]
+  ended = []
+  tuned.run_pinned(commands, 2, lambda proc: ended.append((proc.args[-1].rsplit("/", 1)[-1], proc.returncode)))
+  assert ended[0] == ("short", 0)
+  assert sorted(ended) == [("long", 0), ("short", 0), ("third", 0)]
+  assert all((tmp_path / f"{name}.log").exists() for name in ("long", "short", "third"))
+
+
 @pytest.mark.slow
 def test_the_equal_budget_studies_rerun_their_best_configurations_and_report(tmp_path, monkeypatch, capsys):
   # Three methods of the generated 10-class problem at K = 1, two trials each (the default and one searched), one
