@@ -111,6 +111,16 @@ def _base_loss_fn(config: config_lib.Config, class_counts: np.ndarray) -> Callab
   raise ValueError(f"`loss` must be one of {config_lib.LOSSES}, got {name!r}.")
 
 
+def train_batches_for_epoch(config: config_lib.Config, dataset: input_pipeline.Dataset, epoch: int, *,
+                            process_index: int = 0, process_count: int = 1):
+  """The training batches of `epoch` as `config` asks: a permutation of the training split, or with
+  `train_rule="resample"` class-balanced draws with the weights of `cb_beta` (CB-RS); `seed`, `batch_size` and
+  `augment` from the config."""
+  return dataset.train_batches(epoch=epoch, batch_size=config.batch_size, seed=config.seed,
+                               resample=config.train_rule == "resample", resample_beta=config.cb_beta,
+                               augment=config.augment, process_index=process_index, process_count=process_count)
+
+
 def class_weights_for_epoch(config: config_lib.Config, class_counts: np.ndarray, epoch: int) -> np.ndarray:
   """Per-class loss weights of `epoch` under `config.train_rule` (float32 `[L]`)."""
   if config.train_rule == "reweight":
@@ -467,10 +477,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str, *, read_test: bo
   for epoch in range(meta["epoch"] + 1, config.epochs):
     t0 = time.time()
     class_weights = jnp.asarray(class_weights_for_epoch(config, class_counts, epoch))
-    batches = dataset.train_batches(epoch=epoch, batch_size=config.batch_size, seed=config.seed,
-                                    resample=config.train_rule == "resample", resample_beta=config.cb_beta,
-                                    augment=config.augment,
-                                    process_index=jax.process_index(), process_count=jax.process_count())
+    batches = train_batches_for_epoch(config, dataset, epoch, process_index=jax.process_index(),
+                                      process_count=jax.process_count())
     train_metrics = []
     for i, batch in enumerate(batches):
       if i >= steps_per_epoch:

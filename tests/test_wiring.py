@@ -3,7 +3,7 @@
 One parametrized test. Each case builds the trainer's own function from a config whose values are not the defaults
 (`make_loss_fn` under the device axis, as `train_step` calls it; `train_step` itself for the train rules' class
 weights; `eval_step` with the offsets of `logit_offsets(config, counts, config.posthoc_tau)`, as train_and_evaluate
-passes them, for post-hoc adjustment), runs it on a fixed batch split over two shards of the device axis and compares
+passes them, for post-hoc adjustment; `train_batches_for_epoch` for the resampling rule's draws), runs it on a fixed batch split over two shards of the device axis and compares
 it with the float64 reference of tests/reference.py, evaluated from the same config by the `_reference_*` functions
 below, which share no code with experiments/train_lib.py. Each case also evaluates the reference with its
 hyperparameter back at the default (or with the wiring mistake it guards against) and checks that this value is far
@@ -24,6 +24,7 @@ import optax
 import pytest
 
 from experiments import config as config_lib
+from experiments import input_pipeline
 from experiments import train_lib
 from tests import reference as ref
 
@@ -198,6 +199,40 @@ def _eval_counts(cfg):
   return np.concatenate([np.asarray(out[k][0][0], np.float64) for k in cfg.eval_ks])
 
 
+# The resampling rule: a training split of COUNTS examples per class whose feature is the example's index.
+TRAIN_LABELS = np.repeat(np.arange(NUM_CLASSES), COUNTS).astype(np.int32)
+RESAMPLE_BATCH, RESAMPLE_EPOCH = 64, 2
+
+
+def _resample_dataset():
+  n = len(TRAIN_LABELS)
+  source = input_pipeline._VectorSource(np.arange(n, dtype=np.float32)[:, None], TRAIN_LABELS)
+  return input_pipeline.Dataset(
+      name="wiring", num_classes=NUM_CLASSES, class_names=[str(c) for c in range(NUM_CLASSES)], image_shape=(1,),
+      train_class_counts=COUNTS.copy(), eval_splits=(), has_validation=False, num_train_examples=n, _train=source,
+      _evals={})
+
+
+def _epoch_labels(cfg):
+  """The labels of the epoch's training batches, in order, as train_and_evaluate draws them."""
+  batches = train_lib.train_batches_for_epoch(cfg, _resample_dataset(), RESAMPLE_EPOCH)
+  return np.concatenate([b["label"] for b in batches]).astype(np.float64)
+
+
+def _reference_epoch_labels(cfg):
+  """The epoch's draw by its definition: `default_rng([seed, epoch, 0])`, a permutation, or with train_rule=resample
+  `n` draws with replacement, example i with probability proportional to the class-balanced weight of its class."""
+  n = len(TRAIN_LABELS)
+  rng = np.random.default_rng([cfg.seed, RESAMPLE_EPOCH, 0])
+  if cfg.train_rule == "resample":
+    w = ref.class_balanced_weights(COUNTS, cfg.cb_beta)[TRAIN_LABELS]
+    order = rng.choice(n, size=n, replace=True, p=w / w.sum())
+  else:
+    order = rng.permutation(n)
+  steps = n // cfg.batch_size
+  return TRAIN_LABELS[order[:steps * cfg.batch_size]].astype(np.float64)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Tolerances.
 
@@ -269,6 +304,10 @@ CASES = _loss_cases() + [
     # focal: the weights inside the focusing factor (LDAM-DRW's CB-Focal), the reduction a plain mean.
     ("focal-reweight", "train", {"loss": "focal", "gamma": 0.7, "train_rule": "reweight", "cb_beta": 0.99}, 0,
      [{"train_rule": "none"}, {"gamma": _DEFAULTS["gamma"]}]),
+    # The resampling rule's draws (CB-RS): cb_beta reaches the input pipeline; the labels drawn, exactly.
+    ("resample-cb_beta", "batches", {"loss": "ce", "train_rule": "resample", "cb_beta": 0.99,
+                                     "batch_size": RESAMPLE_BATCH, "seed": 3},
+     0, [{"cb_beta": _DEFAULTS["cb_beta"]}, {"train_rule": "none"}, {"seed": 4}]),
 ]
 
 
@@ -291,12 +330,16 @@ def _value(kind, cfg, epoch):
     gaps = np.diff(np.sort(x, axis=1), axis=1)
     assert gaps.min() > 1e3 * EPS32 * np.abs(x).max(), gaps.min()
     return _eval_counts(cfg), _reference_eval_counts(cfg, EVAL_LOGITS, EVAL_LABELS), 0.0
+  if kind == "batches":  # integer labels, exact
+    return _epoch_labels(cfg), _reference_epoch_labels(cfg), 0.0
   raise AssertionError(kind)
 
 
 def _reference_only(kind, cfg, epoch):
   if kind == "loss":
     return _reference_losses(cfg)
+  if kind == "batches":
+    return _reference_epoch_labels(cfg)
   if kind == "train":
     return np.concatenate([_reference_class_weights(cfg, epoch), [_reference_train_loss(cfg, epoch)]])
   return _reference_eval_counts(cfg, EVAL_LOGITS, EVAL_LABELS)
@@ -310,7 +353,7 @@ def test_every_loss_and_hyperparameter_has_a_case():
     assert set(LOSS_SETTINGS[loss]) == read, loss
     assert all(LOSS_SETTINGS[loss][h] != _default(h, loss) for h in read), loss
     assert any(i.startswith(f"{loss}-") for i in ids), loss
-  for rule in ("reweight", "drw"):
+  for rule in ("reweight", "drw", "resample"):
     assert any(i.startswith(f"{rule}-") for i in ids), rule
 
 
@@ -323,5 +366,7 @@ def test_trainer_computes_what_the_config_says(case_id, kind, changes, epoch, al
     wrong = _reference_only(kind, config_lib.Config(**{**changes, **alternative}), epoch)
     if kind == "eval":  # integer counts: at least 3 hits move
       assert np.sum(np.abs(wrong - want)) >= 3, (case_id, alternative, wrong - want)
+    elif kind == "batches":  # labels drawn: at least a tenth of them differ
+      assert np.mean(wrong != want) > 0.1, (case_id, alternative, np.mean(wrong != want))
     else:
       assert np.max(np.abs(wrong - want)) > SEPARATION * tol, (case_id, alternative, np.max(np.abs(wrong - want)), tol)
