@@ -28,7 +28,7 @@ import csv
 import dataclasses
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from absl import app
 from absl import flags
@@ -176,9 +176,10 @@ def noised_minus_best_la(cells: Cells, k: int) -> Optional[Tuple[float, float, s
   return None if d is None else (d[0], d[1], best_la)
 
 
-def claims_row(cells: Cells, k: int, labels: Optional[Dict[str, str]] = None) -> List[str]:
+def claims_row(cells: Cells, k: int, labels: Optional[Dict[str, str]] = None,
+               also: Sequence[str] = ()) -> List[str]:
   """Cells of claim 2 (rank of the imbalanced noised loss, its difference to the best other method), claim 4
-  (imbalanced noised - best LA row) and VS - best LA row, at K."""
+  (imbalanced noised - best LA row) and VS - best LA row, at K; then each method of `also` - best LA row."""
   labels = labels or {}
   name = lambda m: labels.get(m, m)  # pylint: disable=unnecessary-lambda-assignment
   out = []
@@ -191,7 +192,7 @@ def claims_row(cells: Cells, k: int, labels: Optional[Dict[str, str]] = None) ->
   else:
     out.append("—")
   best_la = best_logit_adjusted(cells, k)
-  for method in (NOISED, "vs"):
+  for method in (NOISED, "vs", *also):
     d = _diff(cells, method, best_la, k) if best_la else None
     out.append("—" if d is None else
                f"{d[0]:+.2f} ± {d[1]:.2f} vs {name(best_la)} ({aggregate.verdict(*d)})")

@@ -60,6 +60,11 @@ def test_claims_rank_the_noised_loss_and_compare_it_and_vs_with_the_best_la_row(
   assert claim4 == "+2.00 ± 0.71 vs CE + post-hoc LA (holds)"
   assert vs == "-7.50 ± 0.50 vs CE + post-hoc LA (fails)"
   assert regimes.claims_row({("ce", 1): [1.0]}, 1) == ["—", "—", "—"]
+  # `also`: further methods against the same best LA row (the tuned tables' noised + LA column).
+  cells[("noised_imbalanced_la", 1)] = [42.0, 42.0]
+  assert (regimes.claims_row(cells, 1, also=("noised_imbalanced_la",))[3]
+          == "-0.50 ± 0.50 vs ce_posthoc_la (fails, within noise)")
+  assert regimes.claims_row(cells, 1, also=("missing",))[3] == "—"
 
 
 def test_claim_2_breaks_a_tie_by_the_order_of_the_rows_whatever_the_hash_seed():

@@ -3,11 +3,12 @@
 One parametrized test. Each case builds the trainer's own function from a config whose values are not the defaults
 (`make_loss_fn` under the device axis, as `train_step` calls it; `train_step` itself for the train rules' class
 weights; `eval_step` with the offsets of `logit_offsets(config, counts, config.posthoc_tau)`, as train_and_evaluate
-passes them, for post-hoc adjustment; `train_batches_for_epoch` for the resampling rule's draws), runs it on a fixed batch split over two shards of the device axis and compares
-it with the float64 reference of tests/reference.py, evaluated from the same config by the `_reference_*` functions
-below, which share no code with experiments/train_lib.py. Each case also evaluates the reference with its
-hyperparameter back at the default (or with the wiring mistake it guards against) and checks that this value is far
-outside the tolerance: a trainer that drops the hyperparameter computes that value and fails the case.
+passes them, for post-hoc adjustment; `train_batches_for_epoch` for the resampling rule's draws), runs it on a fixed
+batch split over two shards of the device axis and compares it with the float64 reference of tests/reference.py,
+evaluated from the same config by the `_reference_*` functions below, which share no code with
+experiments/train_lib.py. Each case also evaluates the reference with its hyperparameter back at the default (or with
+the wiring mistake it guards against) and checks that this value is far outside the tolerance: a trainer that drops
+the hyperparameter computes that value and fails the case.
 
 The noised losses draw their noise from per-example keys; the reference derives the same keys from their definition
 (`fold_in(fold_in(rng, step), global position)`, not `train_lib.example_keys`) and the same draws with
